@@ -1,0 +1,26 @@
+"""manifold_aps: amortized posterior sampling of signals on meshes and on the sphere.
+
+The data path — mesh → signal → operator → prior → flow → sampler → metrics — is the module
+layout; this namespace re-exports what users call.
+"""
+
+__version__ = "0.1.0"
+
+from manifold_aps.mesh import Mesh, bunny, healpix_sphere, latlon_sphere, load_mesh
+from manifold_aps.operators import BlindVertexMask, Measurement, RandomVertexMask
+from manifold_aps.signals import MinMaxNormalizer, VertexLayout, padded_size
+
+__all__ = [
+    "__version__",
+    "Mesh",
+    "load_mesh",
+    "latlon_sphere",
+    "healpix_sphere",
+    "bunny",
+    "VertexLayout",
+    "MinMaxNormalizer",
+    "padded_size",
+    "Measurement",
+    "RandomVertexMask",
+    "BlindVertexMask",
+]
