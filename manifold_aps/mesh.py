@@ -116,7 +116,7 @@ class Mesh:
         coo = self.laplacian.tocoo()
         indices = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.long)
         values = torch.as_tensor(coo.data, dtype=dtype)
-        return torch.sparse_coo_tensor(indices, values, coo.shape).coalesce().to(self.device)
+        return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=True).coalesce().to(self.device)
 
     def __repr__(self) -> str:
         sphere = ", lat/lon" if self.latitude is not None else ""

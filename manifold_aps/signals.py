@@ -170,11 +170,11 @@ def _as_tensor(signals):
     import xarray as xr
 
     if isinstance(signals, xr.DataArray):
-        array = np.asarray(signals.values)
+        array = np.ascontiguousarray(signals.values)
         _check_numeric(array)
         return "xarray", torch.as_tensor(array), signals
     try:
-        array = np.asarray(signals)
+        array = np.ascontiguousarray(signals)
     except Exception as error:
         raise TypeError(f"signals must be a numpy array, torch tensor or xarray.DataArray, got {type(signals).__name__}") from error
     _check_numeric(array)
@@ -263,7 +263,7 @@ def grid_to_vertices(grid) -> torch.Tensor:
     latitude = np.asarray(grid["latitude"].values)
     if latitude.size > 1 and latitude[0] < latitude[-1]:
         grid = grid.isel(latitude=slice(None, None, -1))
-    values = torch.as_tensor(np.asarray(grid.values))
+    values = torch.as_tensor(np.ascontiguousarray(grid.values))
     n_lat, n_lon = values.shape[-2:]
     return values.reshape(-1, n_lat * n_lon, 1)
 
