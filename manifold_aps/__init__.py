@@ -6,7 +6,7 @@ layout; this namespace re-exports what users call.
 
 __version__ = "0.1.0"
 
-from manifold_aps.mesh import Mesh, bunny, healpix_sphere, latlon_sphere, load_mesh
+from manifold_aps.mesh import Mesh, bunny, healpix_sphere, latlon_sphere, load_mesh, torus
 from manifold_aps.operators import BlindVertexMask, Measurement, RandomVertexMask
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, padded_size
 
@@ -16,6 +16,7 @@ __all__ = [
     "load_mesh",
     "latlon_sphere",
     "healpix_sphere",
+    "torus",
     "bunny",
     "VertexLayout",
     "MinMaxNormalizer",

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["Mesh", "load_mesh", "latlon_sphere", "healpix_sphere", "bunny"]
+__all__ = ["Mesh", "load_mesh", "latlon_sphere", "healpix_sphere", "torus", "bunny"]
 
 
 class Mesh:
@@ -297,6 +297,29 @@ def healpix_sphere(nside: int, nest: bool = False) -> Mesh:
         longitude=np.rad2deg(phi),
         name=f"healpix_nside{nside}",
     )
+
+
+def torus(major_radius: float = 1.0, minor_radius: float = 0.4, major_segments: int = 48,
+          minor_segments: int = 24) -> Mesh:
+    """A closed torus around the z axis, generated in code (a mesh that needs no data files).
+
+    Vertex ``i · minor_segments + j`` sits at angle ``2π i / major_segments`` around the axis and
+    ``2π j / minor_segments`` around the tube; each quad is split into two triangles.
+    """
+    if not (0 < minor_radius < major_radius) or major_segments < 3 or minor_segments < 3:
+        raise ValueError("need 0 < minor_radius < major_radius and at least 3 segments each way")
+    u = 2 * np.pi * np.arange(major_segments) / major_segments
+    v = 2 * np.pi * np.arange(minor_segments) / minor_segments
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    ring = major_radius + minor_radius * np.cos(vv)
+    vertices = np.stack([ring * np.cos(uu), ring * np.sin(uu), minor_radius * np.sin(vv)], axis=-1).reshape(-1, 3)
+    i, j = np.meshgrid(np.arange(major_segments), np.arange(minor_segments), indexing="ij")
+    a = i * minor_segments + j
+    b = ((i + 1) % major_segments) * minor_segments + j
+    c = ((i + 1) % major_segments) * minor_segments + (j + 1) % minor_segments
+    d = i * minor_segments + (j + 1) % minor_segments
+    faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)])
+    return Mesh(vertices, faces, name=f"torus_{major_segments}x{minor_segments}")
 
 
 def bunny() -> Mesh:

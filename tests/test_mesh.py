@@ -44,7 +44,8 @@ def test_latlon_sphere_laplacian_spectrum_matches_the_sphere():
     assert np.allclose(values[4:9], 6, rtol=0.01)
 
 
-@pytest.mark.parametrize("make", [lambda: aps.latlon_sphere(4.0), lambda: aps.latlon_sphere(30.0), lambda: aps.healpix_sphere(4)])
+@pytest.mark.parametrize("make", [lambda: aps.latlon_sphere(4.0), lambda: aps.latlon_sphere(30.0), lambda: aps.healpix_sphere(4),
+                                  lambda: aps.torus()])
 def test_edges_symmetric_and_laplacian_psd(make):
     mesh = make()
     assert mesh.edge_index.shape[0] == 2
@@ -132,3 +133,18 @@ def test_to_device_moves_tensors():
     mesh = aps.latlon_sphere(30.0).to("cpu")
     assert mesh.edge_index.device.type == "cpu" and mesh.mass.device.type == "cpu"
     assert mesh.laplacian_tensor().shape == (mesh.num_vertices, mesh.num_vertices)
+
+
+def test_torus_is_closed_with_the_right_area_and_outward_normals():
+    mesh = aps.torus(1.0, 0.4, 48, 24)
+    assert mesh.num_vertices == 48 * 24
+    v, f = mesh.vertices.numpy(), mesh.faces.numpy()
+    normals = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    assert 0.5 * np.linalg.norm(normals, axis=1).sum() == pytest.approx(4 * np.pi**2 * 0.4, rel=0.01)
+    centre = v[f].mean(axis=1)
+    tube_centre = centre.copy()
+    tube_centre[:, 2] = 0
+    tube_centre[:, :2] *= 1.0 / np.linalg.norm(centre[:, :2], axis=1, keepdims=True)
+    assert ((normals * (centre - tube_centre)).sum(axis=1) > 0).all()
+    # each edge in exactly two triangles: closed surface, Euler characteristic 0
+    assert mesh.num_vertices - mesh.edge_index.shape[1] // 2 + mesh.num_faces == 0
