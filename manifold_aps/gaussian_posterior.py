@@ -120,12 +120,24 @@ class LowRankGaussian:
         if observed.shape[0] == 1 and y.shape[0] > 1:
             observed = observed.expand(y.shape[0], -1)
         if y.shape[-1] != self.dim or observed.shape != y.shape:
-            raise ValueError(f"y {tuple(y.shape)} and observed {tuple(observed.shape)} must be (D,) or (B, D) with D={self.dim}")
+            raise ValueError(f"y {tuple(y.shape)} and observed {tuple(observed.shape)} must be (D,) or (B, D) with D={self.dim} (vertices × channels)")
         noise_variance = float(noise_std) ** 2
         nugget = self.nugget_variance
         total = noise_variance + nugget
         if not math.isfinite(noise_variance) or total <= 0:
             raise ValueError("need noise_std > 0 or a positive nugget: a noise-free, nugget-free posterior is degenerate")
+        chunks = [self._posterior_block(y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_variance, full_covariance)
+                  for i in range(0, y.shape[0], self.BLOCK)]
+        covariance = torch.cat([c[2] for c in chunks]) if full_covariance else None
+        result = GaussianPosterior(torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]).sqrt(), covariance)
+        return result.squeeze() if unbatched else result
+
+    BLOCK = 16  # measurements per block: bounds the (block, k, D) work array
+
+    def _posterior_block(self, y, observed, noise_variance: float, full_covariance: bool):
+        """Posterior mean, variance (and covariance) of a few measurements (formulas above)."""
+        nugget = self.nugget_variance
+        total = noise_variance + nugget
         mask = observed.to(torch.float64)
         residual = torch.where(observed, y - self.mean, torch.zeros_like(y))
         modes = self.modes
@@ -142,8 +154,7 @@ class LowRankGaussian:
         if full_covariance:
             weighted = whitened.transpose(1, 2) * weights[..., None]
             covariance = weighted @ weighted.transpose(1, 2) + torch.diag_embed(diagonal)
-        result = GaussianPosterior(mean, variance.sqrt(), covariance)
-        return result.squeeze() if unbatched else result
+        return mean, variance, covariance
 
 
 def _as_matrix(signals) -> torch.Tensor:
