@@ -60,3 +60,27 @@ def test_optimal_interpolation_chooses_the_true_rank_region():
     assert scores[1] > 1.5 * scores[6] and scores[2] > 1.2 * scores[6]
     with pytest.raises(ValueError, match="NaN"):
         fit_ppca(np.full((3, 4), np.nan), 1)
+
+
+def test_low_rank_noise_predictor_equals_the_dense_one_with_padding():
+    from manifold_aps.diffusion import GaussianNoisePredictor, exact_gaussian_prior
+    from manifold_aps.signals import VertexLayout
+
+    gaussian = _random_prior(dim=20, rank=5, seed=7)
+    layout = VertexLayout(20, 1)  # padded to 32
+    prior = exact_gaussian_prior(gaussian, layout)
+    dense_covariance = torch.zeros(32, 32, dtype=torch.float64)
+    dense_covariance[:20, :20] = gaussian.covariance()
+    mean = torch.zeros(32, dtype=torch.float64)
+    mean[:20] = gaussian.mean
+    dense = GaussianNoisePredictor(mean, dense_covariance)
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 32, generator=generator, dtype=torch.float64)
+    t = torch.rand(6, generator=generator, dtype=torch.float64) * 0.99 + 0.01
+    assert torch.allclose(prior.network(x, t), dense(x, t), atol=1e-9)
+    rebuilt = GaussianNoisePredictor.from_state(prior.network.state_dict(), prior.sde)
+    assert torch.allclose(rebuilt(x, t), dense(x, t), atol=1e-9)
+    # log-density of the real entries agrees with the LowRankGaussian's
+    unpadded = GaussianNoisePredictor.from_low_rank(gaussian.mean, gaussian.modes, gaussian.spectrum, gaussian.nugget_variance)
+    samples = gaussian.sample(4, generator)
+    assert torch.allclose(unpadded.log_prob(samples), gaussian.log_prob(samples), atol=1e-8)

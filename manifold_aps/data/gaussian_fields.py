@@ -43,7 +43,6 @@ import math
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-import torch
 
 from manifold_aps.gaussian_posterior import LowRankGaussian
 

@@ -1,0 +1,74 @@
+"""Training throughput of the noise networks (samples/s of one DSM step: forward, backward, AdamW).
+
+    python benchmarks/diffusion_throughput.py --threads 2 --batch 64 --steps 10
+
+Prints one markdown row per (network config, layout); docs/performance.md quotes a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from manifold_aps.diffusion.networks import build_network
+from manifold_aps.diffusion.sde import VPSDE
+from manifold_aps.diffusion.training import denoising_score_matching_loss
+from manifold_aps.mesh import bunny, latlon_sphere
+from manifold_aps.signals import VertexLayout
+
+MESHES = {"sphere 4° (d=4160)": lambda: latlon_sphere(4.0), "bunny (d=1920)": bunny}  # bunny: $MANIFOLD_APS_DATA
+CONFIGS = {
+    "unet1d ch32 ×(1,2,2,4)": ("unet1d", dict(channels=32, channel_multipliers=(1, 2, 2, 4))),
+    "unet1d ch16 ×(1,2,4,8)": ("unet1d", dict(channels=16, channel_multipliers=(1, 2, 4, 8))),
+    "mlp w512 d4": ("mlp", dict(width=512, depth=4)),
+    "mlp w1024 d6": ("mlp", dict(width=1024, depth=6)),
+    "spectral k64 w256 d3": ("spectral", dict(num_modes=64, width=256, depth=3)),
+    "spectral k256 w512 d4": ("spectral", dict(num_modes=256, width=512, depth=4)),
+}
+
+
+def measure(name, config, mesh, batch, steps, warmup=2):
+    generator = torch.Generator().manual_seed(0)
+    layout = VertexLayout(mesh.num_vertices)
+    network = build_network(name, layout, mesh=mesh, **config)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=2e-4)
+    data = torch.randn(batch, layout.dim, generator=generator)
+    sde = VPSDE()
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        loss = denoising_score_matching_loss(network, data, generator, sde)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    elapsed = time.perf_counter() - start
+    parameters = sum(p.numel() for p in network.parameters())
+    return batch * steps / elapsed, parameters
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--only", nargs="*", help="network names to measure (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {args.threads}, "
+          f"batch {args.batch}, {args.steps} timed steps")
+    meshes = {label: build() for label, build in MESHES.items()}
+    print("| network | layout | parameters | samples/s |")
+    print("|---|---|---|---|")
+    for label, (name, config) in CONFIGS.items():
+        if args.only and name not in args.only:
+            continue
+        for layout_label, mesh in meshes.items():
+            rate, parameters = measure(name, config, mesh, args.batch, args.steps)
+            print(f"| {label} | {layout_label} | {parameters / 1e6:.2f} M | {rate:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""A generic, resumable training loop: AdamW, LR warm-up, gradient clipping, EMA, checkpoints, DDP.
+
+The loop knows nothing about diffusion or flows. A task supplies
+
+- ``model``: an ``nn.Module``;
+- ``loss_fn(model, batch, generator) -> scalar tensor``: all randomness inside the loss (noise,
+  times, latent draws) must come from ``generator`` — that is what makes runs reproducible,
+  resumable and different on each data-parallel rank;
+- ``data``: either a tensor whose first axis indexes examples (each step draws ``batch_size`` rows
+  with replacement), or a callable ``data(batch_size, generator) -> batch``.
+
+Per step ``k`` a data generator (the only RNG state carried from step to step, stored in the
+checkpoint) draws the batch indices and a step seed; the loss generator is re-seeded from
+``(step seed, rank)``. Hence training ``N`` steps straight and ``N/2`` + resume ``N/2`` give the
+same weights, and under ``torchrun`` the ranks see disjoint slices of one global batch with
+independent noise while gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`
+(backend gloo on CPU, nccl on CUDA).
+
+The learning rate is ``lr · min(1, (k + 1) / warmup_steps)``; the EMA is
+``θ̄ ← decay · θ̄ + (1 − decay) · θ`` after every step. A non-finite loss or gradient norm stops
+training with :class:`FloatingPointError`, leaving the last checkpoint (always a good state) as is.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1)
+    >>> data = torch.randn(64, 3)
+    >>> def loss_fn(model, batch, generator):
+    ...     return ((model(batch[:, :2]).squeeze(1) - batch[:, 2]) ** 2).mean()
+    >>> result = train(model, loss_fn, data, TrainingConfig(steps=5, batch_size=8, progress=False))
+    >>> result.step
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from manifold_aps.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["TrainingConfig", "ExponentialMovingAverage", "TrainingResult", "resolve_device", "train"]
+
+# Fields that may change between a run and its resumption without changing the trajectory.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "progress", "device"}
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings (task presets live with the task, e.g. ``prior_training_config``).
+
+    Args:
+        steps: total optimiser steps.
+        batch_size: global batch (split evenly over data-parallel ranks).
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        warmup_steps: linear LR warm-up length (0: none).
+        grad_clip: max global gradient norm (None: no clipping).
+        ema_decay: EMA decay per step (0: EMA equals the weights).
+        checkpoint_every: steps between checkpoints (the last step is always saved).
+        seed: seeds the data generator (and thus everything).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        progress: show a tqdm bar with the loss (rank 0 only).
+    """
+
+    steps: int
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup_steps < 0:
+            raise ValueError(f"need steps ≥ 0, batch_size ≥ 1, checkpoint_every ≥ 1, warmup_steps ≥ 0: {self}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if not (0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+
+    def learning_rate_at(self, step: int) -> float:
+        if self.warmup_steps == 0:
+            return self.learning_rate
+        return self.learning_rate * min(1.0, (step + 1) / self.warmup_steps)
+
+
+class ExponentialMovingAverage:
+    """Shadow copies of a model's floating-point parameters, ``θ̄ ← d θ̄ + (1 − d) θ``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters() if p.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        for name, parameter in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(parameter.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module):
+        """Load the averaged weights into ``model`` (buffers are left as they are)."""
+        model.load_state_dict(self.shadow, strict=False)
+
+    def state_dict(self) -> dict:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict):
+        missing = set(self.shadow) ^ set(state)
+        if missing:
+            raise ValueError(f"EMA state does not match the model's parameters: {sorted(missing)[:5]}")
+        for name, value in state.items():
+            self.shadow[name].copy_(value)
+
+
+@dataclass
+class TrainingResult:
+    """``step`` reached, the per-step ``losses`` (mean over ranks, whole history across resumes),
+    and the ``ema`` (call ``result.ema.copy_to(model)`` to use the averaged weights)."""
+
+    step: int
+    losses: list
+    ema: ExponentialMovingAverage
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → this rank's CUDA device when available, else CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _distributed_context(device: torch.device) -> tuple[int, int]:
+    """``(rank, world_size)``; joins the process group that ``torchrun`` describes in the environment."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # nccl binds each rank to its own GPU
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _draw_batch(data, generator: torch.Generator, global_batch: int, rank: int, world: int,
+                loss_generator: torch.Generator, device: torch.device):
+    local = global_batch // world
+    if isinstance(data, torch.Tensor):
+        indices = torch.randint(data.shape[0], (global_batch,), generator=generator)
+        return data[indices[rank * local:(rank + 1) * local]].to(device, non_blocking=True)
+    return data(local, loss_generator)
+
+
+def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfig, checkpoint_path=None,
+          resume: bool = True, metadata: dict | None = None,
+          callback: Callable | None = None) -> TrainingResult:
+    """Optimise ``model`` in place for ``config.steps`` steps (see the module docstring).
+
+    Arguments:
+        checkpoint_path: where to keep the training state (None: no checkpoints). With ``resume``
+            an existing file there is loaded and training continues from its step.
+        metadata: plain values stored in every checkpoint (e.g. how to rebuild the model).
+        callback: ``callback(step, loss, model)`` after each step, ``step`` counted from 1.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel and
+    rank 0 writes the checkpoints.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not (isinstance(data, torch.Tensor) or callable(data)):
+        raise TypeError(f"data must be a tensor of examples or a callable (batch_size, generator) -> batch, "
+                        f"got {type(data).__name__}")
+    if isinstance(data, torch.Tensor) and data.shape[0] == 0:
+        raise ValueError("data holds no examples")
+    device = resolve_device(config.device)
+    rank, world = _distributed_context(device)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} data-parallel ranks")
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    ema = ExponentialMovingAverage(model, config.ema_decay)
+    data_generator = torch.Generator().manual_seed(config.seed)
+    loss_generator = torch.Generator(device=device)
+    losses: list[float] = []
+    start = 0
+
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and resume and path.exists():
+        state = load_checkpoint(path, kind="training", map_location=device)
+        _check_resumable(state["config"], config, path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        data_generator.set_state(state["rng"]["data"].cpu())
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        losses = state["losses"].tolist()
+        start = int(state["step"])
+        if start > config.steps:
+            raise ValueError(f"{path} is at step {start}, beyond config.steps = {config.steps}")
+
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not config.progress or rank != 0,
+               desc="train", dynamic_ncols=True)
+    for step in bar:
+        batch = _draw_batch(data, data_generator, config.batch_size, rank, world, loss_generator, device)
+        step_seed = int(torch.randint(2**62, (1,), generator=data_generator))
+        loss_generator.manual_seed(step_seed + rank)
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate_at(step)
+
+        loss = loss_fn(trained, batch, loss_generator)
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gradient_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip or math.inf)
+        mean_loss = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(mean_loss)
+            mean_loss /= world
+        if not (torch.isfinite(mean_loss) and torch.isfinite(gradient_norm)):
+            kept = f"the last good checkpoint {path} is kept" if path is not None and path.exists() else \
+                "no checkpoint was written"
+            raise FloatingPointError(f"training stopped at step {step + 1}: loss {float(mean_loss)}, gradient norm "
+                                     f"{float(gradient_norm)} (non-finite); {kept}. Lower the learning rate or check the data.")
+        optimizer.step()
+        ema.update(model)
+        losses.append(float(mean_loss))
+        bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+        done = step + 1
+        if callback is not None:
+            callback(done, losses[-1], model)
+        if path is not None and rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
+            save_checkpoint(path, {
+                "config": dataclasses.asdict(config), "metadata": metadata or {}, "step": done,
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": {"data": data_generator.get_state(), "torch": torch.get_rng_state()},
+                "losses": torch.tensor(losses, dtype=torch.float64),
+            }, kind="training")
+    bar.close()
+    return TrainingResult(step=max(start, config.steps), losses=losses, ema=ema)
+
+
+def _check_resumable(stored: dict, config: TrainingConfig, path: Path):
+    current = dataclasses.asdict(config)
+    changed = {key for key in current if key not in _RESUMABLE_CHANGES and stored.get(key) != current[key]}
+    if changed:
+        raise ValueError(f"cannot resume from {path}: its config differs in {sorted(changed)} "
+                         f"({ {k: stored.get(k) for k in sorted(changed)} } vs { {k: current[k] for k in sorted(changed)} }); "
+                         f"use a new checkpoint path or resume=False")
