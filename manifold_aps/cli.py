@@ -84,6 +84,149 @@ def cmd_train_prior(args) -> int:
     return 0
 
 
+def _read_signals(path):
+    """A user's signals file: NetCDF (first data variable, or ``--variable``) or .npy / .npz (key ``signals``)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"signals file not found: {path}")
+    if path.suffix in (".nc", ".nc4", ".netcdf"):
+        import xarray as xr
+
+        dataset = xr.open_dataset(path)
+        name = next(iter(dataset.data_vars), None)
+        if name is None:
+            raise ValueError(f"{path} holds no data variable")
+        return dataset[name].load()
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if "signals" not in archive:
+                raise ValueError(f"{path} has no 'signals' array (keys: {', '.join(archive.files)})")
+            return archive["signals"]
+    raise ValueError(f"unsupported signals file {path.name}: use .nc, .npy or .npz")
+
+
+def _write_posterior(path, mean, std, samples):
+    """Sphere results (DataArrays) to NetCDF, everything else to .npz."""
+    import numpy as np
+    import xarray as xr
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(mean, xr.DataArray):
+        xr.Dataset({"mean": mean, "std": std, "samples": samples}).to_netcdf(path)
+    else:
+        np.savez_compressed(path, mean=np.asarray(mean), std=np.asarray(std), samples=np.asarray(samples))
+    return path
+
+
+def cmd_fit(args) -> int:
+    from manifold_aps.aps import fit
+    from manifold_aps.diffusion import load_prior
+    from manifold_aps.mesh import load_mesh
+    from manifold_aps.tasks import load_task
+
+    _set_threads(args.threads)
+    if args.task:
+        task = load_task(args.task, limit=args.limit)
+        mesh, signals, test = task.mesh, task.train, task.test[:16]
+        mask_rate, noise_std = task.hidden_fraction, task.noise_std
+    else:
+        if not (args.mesh and args.signals):
+            raise SystemExit("fit needs --task, or --mesh and --signals")
+        mesh, signals, test = load_mesh(args.mesh), _read_signals(args.signals), None
+        mask_rate, noise_std = args.mask_rate, args.noise_std
+    prior = load_prior(args.prior) if args.prior else None
+    overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
+                device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
+                checkpoint_dir=Path(args.output).with_suffix(".checkpoints"), **overrides)
+    model.save(args.output)
+    print(json.dumps({"output": args.output, "report": model.report}, default=str))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from manifold_aps.aps import AmortizedPosteriorSampler
+
+    _set_threads(args.threads)
+    model = AmortizedPosteriorSampler.load(args.model)
+    observed = _read_signals(args.input)
+    samples = model.sample(observed, n=args.n)
+    mean, std = samples.mean(axis=0), samples.std(axis=0)
+    keep = samples[: args.keep]
+    path = _write_posterior(args.output, mean, std, keep)
+    print(json.dumps({"output": str(path), "samples": args.n, "kept": int(keep.shape[0])}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from manifold_aps.aps import AmortizedPosteriorSampler
+    from manifold_aps.benchmark import measure, run_methods
+    from manifold_aps.tasks import load_task
+
+    _set_threads(args.threads)
+    model = AmortizedPosteriorSampler.load(args.model)
+    task = load_task(args.task)
+    truth = task.test[: args.n_measurements]
+    measurement = measure(truth, model.layout, task.hidden_fraction, task.noise_std, args.seed)
+    grid = (46, 90) if task.mesh.latitude is not None else None
+    rows = run_methods(model.layout, task.mesh, truth, measurement, task.noise_std, aps_model=model,
+                       methods=("aps", "harmonic"), grid_shape=grid, seed=args.seed, log=lambda line: None)
+    print(json.dumps({"task": task.name, "data": task.data_label, "rows": rows}, indent=2))
+    return 0
+
+
+def cmd_render(args) -> int:
+    import torch
+
+    from manifold_aps.aps import AmortizedPosteriorSampler
+    from manifold_aps.benchmark import measure
+    from manifold_aps.render import plot_latlon_fields, render_posterior
+    from manifold_aps.tasks import load_task
+
+    model = AmortizedPosteriorSampler.load(args.model)
+    task = load_task(args.task)
+    truth = task.test[: args.count]
+    layout = model.layout
+    measurement = measure(truth, layout, task.hidden_fraction, task.noise_std, args.seed)
+    draws = model.sample_measurement(measurement, 128, torch.Generator().manual_seed(args.seed))[..., : layout.num_vertices, :]
+    observed = measurement.observed[:, : layout.num_vertices]
+    y = layout.unpad(measurement.y)
+    if task.mesh.latitude is not None:
+        fields = {"truth": truth[0], "measurement": y[0], "APS sample": draws[0, 0], "posterior mean": draws.mean(0)[0],
+                  "posterior std": draws.std(0)[0]}
+        import numpy as np
+
+        path = plot_latlon_fields(fields, np.linspace(90, -90, 46), np.arange(90) * 4.0, args.output,
+                                  hidden=~observed[0].numpy(), columns=5)
+    else:
+        path = render_posterior(task.mesh, args.output, truth=truth, measurement=y, observed=observed, samples=draws,
+                                mean=draws.mean(0), std=draws.std(0))
+    print(json.dumps({"output": str(path)}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from manifold_aps.benchmark import run_benchmark
+    from manifold_aps.tasks import load_task
+
+    task = load_task("bunny_mnist" if args.benchmark == "bunny_mnist" else "era5_proxy")
+    run_benchmark(task, args, ["manifold-aps", "bench", *sys.argv[2:]],
+                  grid_shape=(46, 90) if task.mesh.latitude is not None else None)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from manifold_aps.demo import main as demo_main
+
+    demo_main(["--output", args.output, "--iterations", str(args.iterations)])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from manifold_aps.tasks import TASKS
 
@@ -106,6 +249,73 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--config", help="JSON or TOML file of options")
     train.set_defaults(handler=cmd_train_prior)
+
+    fitting = commands.add_parser("fit", help="train an amortized posterior sampler (and a prior if none is given)",
+                                  description="Train APS on measurements of a task's or your own signals.")
+    source = fitting.add_argument_group("signals: a task, or a mesh file and a signals file")
+    source.add_argument("--task", choices=TASKS)
+    source.add_argument("--mesh", help="PLY / OBJ / OFF mesh file")
+    source.add_argument("--signals", help=".nc / .npy / .npz (key 'signals'), (N, V) or (N, V, C); NaN = missing")
+    fitting.add_argument("--mask-rate", type=float, default=0.6, help="hidden fraction (with --signals)")
+    fitting.add_argument("--noise-std", type=float, default=0.05, help="measurement noise σ_y (with --signals)")
+    fitting.add_argument("--prior", help="a prior file from train-prior (default: train one)")
+    fitting.add_argument("--flow", choices=("realnvp", "mesh"), default="realnvp")
+    fitting.add_argument("--scale", choices=("smoke", "cpu", "paper"), default="cpu")
+    fitting.add_argument("--iterations", type=int)
+    fitting.add_argument("--blind", action="store_true", help="unknown mask: train with rates in 30-60 %%")
+    fitting.add_argument("--limit", type=int)
+    fitting.add_argument("--output", required=True)
+    fitting.add_argument("--device", default="auto")
+    fitting.add_argument("--threads", type=int)
+    fitting.add_argument("--seed", type=int, default=0)
+    fitting.add_argument("--config")
+    fitting.set_defaults(handler=cmd_fit)
+
+    sampling = commands.add_parser("sample", help="posterior samples, mean and std for measured signals",
+                                   description="Sample the posterior of signals with NaN at unobserved vertices.")
+    sampling.add_argument("--model", required=True)
+    sampling.add_argument("--input", required=True, help=".nc / .npy / .npz with NaN at hidden vertices")
+    sampling.add_argument("--output", required=True, help=".nc for lat-lon grids, else .npz")
+    sampling.add_argument("--n", type=int, default=128, help="posterior samples per measurement")
+    sampling.add_argument("--keep", type=int, default=8, help="samples written to the output")
+    sampling.add_argument("--threads", type=int)
+    sampling.add_argument("--config")
+    sampling.set_defaults(handler=cmd_sample)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on a task's test measurements",
+                                   description="PSNR, SSIM, coverage and CRPS of APS and harmonic interpolation.")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--task", choices=TASKS, required=True)
+    evaluate.add_argument("--n-measurements", type=int, default=16)
+    evaluate.add_argument("--threads", type=int)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--config")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    render = commands.add_parser("render", help="PNG of truth, measurement, samples, mean and std",
+                                 description="Render posteriors of a task's test measurements.")
+    render.add_argument("--model", required=True)
+    render.add_argument("--task", choices=TASKS, required=True)
+    render.add_argument("--output", required=True)
+    render.add_argument("--count", type=int, default=2, help="measurements (rows) on a mesh figure")
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--config")
+    render.set_defaults(handler=cmd_render)
+
+    from manifold_aps.benchmark import add_arguments
+
+    bench = commands.add_parser("bench", help="run a benchmark and write benchmarks/results",
+                                description="Every method on the same measurements; JSON + markdown results.")
+    bench.add_argument("benchmark", choices=("era5", "bunny_mnist"))
+    add_arguments(bench)
+    bench.add_argument("--config")
+    bench.set_defaults(handler=cmd_bench)
+
+    demo = commands.add_parser("demo", help="the offline demo (no data needed)", description="APS vs exact posteriors.")
+    demo.add_argument("--output", default="demo_output")
+    demo.add_argument("--iterations", type=int, default=600)
+    demo.add_argument("--config")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

@@ -7,10 +7,17 @@ import pytest
 from manifold_aps.cli import main
 
 
-def test_every_command_has_help():
-    for command in ("train-prior",):
-        result = subprocess.run([sys.executable, "-m", "manifold_aps.cli", command, "--help"], capture_output=True, text=True)
-        assert result.returncode == 0 and "--task" in result.stdout
+def test_every_command_has_help(capsys):
+    for command in ("train-prior", "fit", "sample", "evaluate", "render", "bench", "demo"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: manifold-aps {command}" in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "manifold_aps.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train-prior" in result.stdout
 
 
 def test_train_prior_smoke_writes_a_loadable_prior(mirror, tmp_path, capsys):
@@ -32,3 +39,30 @@ def test_bad_config_key_is_named(tmp_path):
     config.write_text(json.dumps({"stepz": 3}))
     with pytest.raises(SystemExit):
         main(["train-prior", "--task", "era5_proxy", "--output", str(tmp_path / "p.pt"), "--config", str(config)])
+
+
+def test_fit_then_sample_on_user_files(tmp_path, capsys):
+    import numpy as np
+
+    import manifold_aps as aps
+    from manifold_aps.data.gaussian_fields import GaussianRandomField
+
+    mesh = aps.healpix_sphere(2)
+    lines = [f"v {x} {y} {z}" for x, y, z in mesh.vertices.tolist()] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in mesh.faces.tolist()]
+    (tmp_path / "mesh.obj").write_text("\n".join(lines) + "\n")
+    field = GaussianRandomField(mesh, length_scale=0.5, variance=0.01, mean=0.5, num_modes=20, nugget=0.05)
+    signals = field.sample(40).numpy()
+    np.savez(tmp_path / "signals.npz", signals=signals)
+    assert main(["fit", "--mesh", str(tmp_path / "mesh.obj"), "--signals", str(tmp_path / "signals.npz"),
+                 "--scale", "smoke", "--iterations", "5", "--mask-rate", "0.5", "--output", str(tmp_path / "aps.pt")]) == 0
+    observed = signals[:3].copy()
+    observed[:, ::2] = np.nan
+    np.save(tmp_path / "observed.npy", observed)
+    assert main(["sample", "--model", str(tmp_path / "aps.pt"), "--input", str(tmp_path / "observed.npy"), "--n", "16",
+                 "--keep", "4", "--output", str(tmp_path / "posterior.npz")]) == 0
+    with np.load(tmp_path / "posterior.npz") as result:
+        assert result["mean"].shape == (3, 48) and result["samples"].shape == (4, 3, 48)
+        assert (result["std"] > 0).all()
+    capsys.readouterr()
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        main(["sample", "--model", str(tmp_path / "aps.pt"), "--input", str(tmp_path / "missing.npz"), "--output", "x.npz"])
