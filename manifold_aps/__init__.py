@@ -6,12 +6,22 @@ layout; this namespace re-exports what users call.
 
 __version__ = "0.1.0"
 
+from manifold_aps.aps import AmortizedPosteriorSampler, APSConfig, fit
+from manifold_aps.diffusion import DiffusionPrior, build_network, load_prior, save_prior, train_prior
 from manifold_aps.mesh import Mesh, bunny, healpix_sphere, latlon_sphere, load_mesh, torus
 from manifold_aps.operators import BlindVertexMask, Measurement, RandomVertexMask
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, padded_size
 
 __all__ = [
     "__version__",
+    "fit",
+    "AmortizedPosteriorSampler",
+    "APSConfig",
+    "DiffusionPrior",
+    "build_network",
+    "train_prior",
+    "save_prior",
+    "load_prior",
     "Mesh",
     "load_mesh",
     "latlon_sphere",

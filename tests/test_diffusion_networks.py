@@ -18,15 +18,6 @@ CONFIGS = {"unet1d": dict(channels=8, channel_multipliers=(1, 2, 2), time_dim=16
 MESH = aps.latlon_sphere(30.0)  # 84 vertices, padded to 96
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small tensors: a second thread only adds synchronisation cost, badly so on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _perturbed(network):
     """Give the zero-initialised output layers weights so outputs depend on the input."""
     generator = torch.Generator().manual_seed(0)
