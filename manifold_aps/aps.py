@@ -24,17 +24,21 @@ flow evaluation, and ``model.posterior(observed, n)`` gives the mean and per-ver
 from __future__ import annotations
 
 import math
+import numbers
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 
-from manifold_aps.checkpoint import load_checkpoint, save_checkpoint
+from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from manifold_aps.diffusion.gaussian import GaussianNoisePredictor
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP
+from manifold_aps.mesh import Mesh
 from manifold_aps.operators import BlindVertexMask, Measurement, RandomVertexMask
 from manifold_aps.signals import VertexLayout
 from manifold_aps.trainer import resolve_device
@@ -88,6 +92,9 @@ class APSConfig:
     def __post_init__(self):
         if self.iterations < 1 or self.batch_size < 1 or self.num_times < 1 or not self.lr > 0:
             raise ValueError(f"iterations, batch_size, num_times must be ≥ 1 and lr > 0, got {self}")
+        if not (math.isfinite(self.scale_bound) and self.scale_bound > 0):
+            raise ValueError(f"scale_bound (the bound on each coupling's log-scale) must be a positive number, "
+                             f"got {self.scale_bound}")
 
 
 def build_flow(kind: str, layout: VertexLayout, blind: bool, config: APSConfig, edge_index=None) -> ConditionalFlow:
@@ -168,8 +175,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
     def sample_measurement(self, measurement: Measurement, n: int = 1, generator: torch.Generator | None = None,
                            max_batch: int = 8192) -> torch.Tensor:
         """``(n, B, V_pad, C)`` posterior draws for a :class:`Measurement`; one flow call per chunk."""
-        if n < 1:
-            raise ValueError(f"n must be ≥ 1, got {n}")
+        _check_sampling(n, generator)
         self.eval()
         device = next(self.flow.parameters()).device
         measurement = measurement.to(device)
@@ -193,6 +199,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
 
     def posterior(self, observed, n: int = 128, generator: torch.Generator | None = None):
         """``(mean, std)`` of ``n`` posterior draws, each in the form of ``observed``."""
+        _check_sampling(n, generator)
         if n < 2:
             raise ValueError(f"a posterior std needs n ≥ 2 samples, got {n}")
         measurement, form = self._measurement_from_user(observed)
@@ -231,7 +238,19 @@ class AmortizedPosteriorSampler(torch.nn.Module):
 
     @classmethod
     def load(cls, path, device="cpu") -> "AmortizedPosteriorSampler":
-        return cls.from_payload(load_checkpoint(path, kind="aps_model", map_location="cpu")).to(resolve_device(device))
+        """Read a model written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            CheckpointError: the file is damaged, not an APS model, or its parts do not fit together.
+        """
+        payload = load_checkpoint(path, kind="aps_model", map_location="cpu")
+        try:
+            model = cls.from_payload(payload)
+        except (KeyError, TypeError, ValueError, RuntimeError, StopIteration) as error:
+            raise CheckpointError(f"{path} is an incomplete or inconsistent APS model file "
+                                  f"({type(error).__name__}: {error})") from None
+        return model.to(resolve_device(device))
 
 
 def prior_payload(prior: DiffusionPrior) -> dict:
@@ -257,6 +276,15 @@ def prior_from_payload(payload: dict, layout: VertexLayout) -> DiffusionPrior:
         prior = prior_from_description(payload["description"])
     prior.network.load_state_dict(state)
     return prior
+
+
+def _check_sampling(n, generator):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n (the number of posterior samples) must be an integer, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def measure_signals(operator: RandomVertexMask, signals: torch.Tensor, generator: torch.Generator | None = None) -> Measurement:
@@ -366,40 +394,72 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
             then conditioned on ``y`` alone.
         checkpoint_dir: where to keep resumable training checkpoints (``prior.pt``, ``aps.pt``).
         overrides: :class:`APSConfig` fields (e.g. ``iterations=...``).
+
+    Reproducible: the same ``seed`` gives the same networks, measurements and trained weights on
+    the same device (the global torch RNG is seeded inside and restored afterwards).
+
+    Raises:
+        TypeError: ``mesh`` is not a :class:`~manifold_aps.Mesh`; signals or numbers of the wrong type.
+        ValueError: signals that do not fit the mesh, contain ±inf or an all-NaN signal, fewer than 2
+            signals; ``mask_rate`` outside [0, 1); ``noise_std`` ≤ 0.
     """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a manifold_aps.Mesh (e.g. from load_mesh(path)), got {type(mesh).__name__}")
     if flow not in FLOWS:
         raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
-    if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0):
+    if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
+        raise TypeError(f"noise_std must be a real number, got {type(noise_std).__name__} {noise_std!r}")
+    if not (math.isfinite(noise_std) and noise_std > 0):
         raise ValueError(f"noise_std must be a positive number (APS divides by σ_y²), got {noise_std}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
     config = APSConfig.preset(scale, seed=seed, **overrides)
     channels = _channels_of(signals)
     layout = VertexLayout(mesh.num_vertices, channels)
     batch, _ = layout.to_batch(signals)
     if batch.shape[0] < 2:
-        raise ValueError("fit needs at least 2 signals")
+        raise ValueError(f"fit needs at least 2 signals, got {batch.shape[0]}")
+    if torch.isinf(batch).any():
+        raise ValueError("signals contain ±inf; use NaN to mark missing values")
+    all_missing = torch.isnan(layout.unpad(batch)).any(dim=-1).all(dim=1)
+    if all_missing.any():
+        raise ValueError(f"signal(s) {all_missing.nonzero().flatten().tolist()[:10]} are all NaN (no observed "
+                         f"vertex); drop them")
     operator = (BlindVertexMask(layout.num_vertices, layout.padded_vertices, hidden_range, noise_std) if blind
                 else RandomVertexMask(layout.num_vertices, layout.padded_vertices, mask_rate, noise_std))
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if prior is None:
-        prior = _train_prior(layout, mesh, batch, scale, device, checkpoint_dir, seed, progress)
-    elif prior.layout.num_vertices != layout.num_vertices or prior.layout.num_channels != channels:
-        raise ValueError(f"the prior is for {prior.layout.num_vertices} vertices × {prior.layout.num_channels} "
-                         f"channels, the signals have {layout.num_vertices} × {channels}")
-    layout = prior.layout
-    generator = torch.Generator().manual_seed(seed)
-    measurements = measure_signals(operator, layout.pad(layout.unpad(batch)), generator)
-    del batch  # only measurements from here on
-    model = AmortizedPosteriorSampler(build_flow(flow, layout, blind, config, mesh.edge_index.cpu()), prior.cpu(),
-                                      noise_std, blind, num_times=config.num_times)
-    train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
-              progress=progress, device=device)
+    with torch.random.fork_rng(devices=[]):  # network initialisation follows `seed`; the caller's RNG is untouched
+        torch.manual_seed(seed)
+        if prior is None:
+            prior = _train_prior(layout, mesh, batch, scale, device, checkpoint_dir, seed, progress)
+        elif prior.layout.num_vertices != layout.num_vertices or prior.layout.num_channels != channels:
+            raise ValueError(f"the prior is for {prior.layout.num_vertices} vertices × {prior.layout.num_channels} "
+                             f"channels, the signals have {layout.num_vertices} × {channels}")
+        layout = prior.layout
+        generator = torch.Generator().manual_seed(seed)
+        measurements = measure_signals(operator, layout.pad(layout.unpad(batch)), generator)
+        del batch  # only measurements from here on
+        model = AmortizedPosteriorSampler(build_flow(flow, layout, blind, config, mesh.edge_index.cpu()), prior.cpu(),
+                                          noise_std, blind, num_times=config.num_times)
+        train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
+                  progress=progress, device=device)
     if test_signals is not None:
         model.report = evaluate(model, operator, test_signals, seed=seed + 1)
     return model
 
 
 def _channels_of(signals) -> int:
-    shape = tuple(getattr(signals, "shape", ()))
+    """Channels ``C`` of ``(N, V)`` / ``(N, V, C)`` signals (1 for a lat-lon DataArray)."""
+    if signals is None or isinstance(signals, (str, bytes)):
+        raise TypeError(f"signals must be a numpy array, torch tensor or xarray.DataArray of numbers, "
+                        f"got {type(signals).__name__}")
+    dims = getattr(signals, "dims", ())
+    if "latitude" in dims and "longitude" in dims:  # (sample, latitude, longitude) grids hold one channel
+        return 1
+    try:
+        shape = tuple(signals.shape) if hasattr(signals, "shape") else np.shape(signals)
+    except ValueError as error:  # a ragged nested list
+        raise TypeError(f"signals must be a rectangular array of numbers: {error}") from None
     if len(shape) not in (2, 3):
         raise ValueError(f"signals must be (N, V) or (N, V, C), got shape {shape}")
     return 1 if len(shape) == 2 else int(shape[-1])
@@ -409,9 +469,15 @@ def _train_prior(layout, mesh, batch, scale, device, checkpoint_dir, seed, progr
     from manifold_aps.diffusion.networks import build_network
     from manifold_aps.diffusion.training import prior_training_config, train_prior
 
-    complete = batch[~torch.isnan(batch).flatten(1).any(dim=1)]
+    incomplete = torch.isnan(batch).flatten(1).any(dim=1)
+    complete = batch[~incomplete]
     if complete.shape[0] < 2:
-        raise ValueError("training a prior needs at least 2 signals without NaN; pass a trained prior instead")
+        raise ValueError(f"training a prior needs at least 2 signals without NaN, got {complete.shape[0]} of "
+                         f"{batch.shape[0]}; pass a trained prior instead")
+    if incomplete.any():  # a missing value is never filled in or averaged into the prior's data
+        warnings.warn(f"the diffusion prior is trained on the {complete.shape[0]} complete signals only: "
+                      f"{int(incomplete.sum())} of {batch.shape[0]} signals contain NaN (missing values) and are "
+                      f"left out of prior training (APS training still uses their observed vertices)", stacklevel=3)
     prior = DiffusionPrior(build_network("mlp", layout, mesh, **PRIOR_NETWORKS[scale]), layout)
     config = prior_training_config(scale, seed=seed, device=str(device), progress=progress)
     train_prior(prior, complete, config, None if checkpoint_dir is None else checkpoint_dir / "prior.pt")
@@ -430,8 +496,8 @@ def evaluate(model: AmortizedPosteriorSampler, operator: RandomVertexMask, test_
 
     layout = model.layout
     truth, _ = layout.to_batch(test_signals)
-    if torch.isnan(truth).any():
-        raise ValueError("test_signals must be complete (no NaN): they are the truth APS is scored against")
+    if not torch.isfinite(truth).all():
+        raise ValueError("test_signals must be complete (no NaN or ±inf): they are the truth APS is scored against")
     generator = torch.Generator().manual_seed(seed)
     measurement = measure_signals(operator, truth, generator)
     start = time.perf_counter()

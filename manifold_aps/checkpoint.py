@@ -86,7 +86,9 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        if "Weights only load failed" in str(error):
+        # a pickled reference to a Python callable/class ("GLOBAL module.name") is what weights-only
+        # loading refuses; other unpickling failures are damaged bytes
+        if "Weights only load failed" in str(error) and "GLOBAL" in str(error):
             raise CheckpointError(
                 f"refusing to load {path}: it contains pickled Python objects (possibly code) that are not "
                 f"tensors or plain values; manifold_aps loads checkpoints with weights_only=True only"

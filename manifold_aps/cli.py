@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def _load_config(path) -> dict:
@@ -94,18 +95,27 @@ def _read_signals(path):
     if path.suffix in (".nc", ".nc4", ".netcdf"):
         import xarray as xr
 
-        dataset = xr.open_dataset(path)
+        try:
+            dataset = xr.open_dataset(path)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"could not read {path} as NetCDF: {error}") from None
         name = next(iter(dataset.data_vars), None)
         if name is None:
             raise ValueError(f"{path} holds no data variable")
         return dataset[name].load()
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if "signals" not in archive:
-                raise ValueError(f"{path} has no 'signals' array (keys: {', '.join(archive.files)})")
-            return archive["signals"]
+    if path.suffix in (".npy", ".npz"):
+        try:  # np.load says "pickled data" for any bytes that are not .npy/.npz; say what is wrong
+            if path.suffix == ".npy":
+                return np.load(path, allow_pickle=False)
+            with np.load(path, allow_pickle=False) as archive:
+                keys = archive.files
+                signals = archive["signals"] if "signals" in keys else None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"could not read {path} as a numeric {path.suffix} array (not a numpy file, "
+                             f"damaged, or holding Python objects): {error}") from None
+        if signals is None:
+            raise ValueError(f"{path} has no 'signals' array (keys: {', '.join(keys)})")
+        return signals
     raise ValueError(f"unsupported signals file {path.name}: use .nc, .npy or .npz")
 
 
@@ -313,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the offline demo (no data needed)", description="APS vs exact posteriors.")
     demo.add_argument("--output", default="demo_output")
-    demo.add_argument("--iterations", type=int, default=600)
+    demo.add_argument("--iterations", type=int, default=500)
     demo.add_argument("--config")
     demo.set_defaults(handler=cmd_demo)
     return parser
@@ -327,5 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     return args.handler(args)
 
 
+def run() -> int:
+    """Console entry point: like :func:`main`, but a user's mistake (bad file, bad value) is one
+    line on stderr and exit status 2 instead of a traceback."""
+    from manifold_aps.checkpoint import CheckpointError
+
+    try:
+        return main()
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:
+        print(f"manifold-aps: error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

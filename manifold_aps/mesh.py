@@ -49,8 +49,8 @@ class Mesh:
         longitude=None,
         name: str = "mesh",
     ):
-        vertices = torch.as_tensor(np.asarray(vertices, dtype=np.float64))
-        faces = torch.as_tensor(np.asarray(faces, dtype=np.int64).reshape(-1, 3))
+        vertices = torch.as_tensor(_real_array(vertices, "mesh vertices").astype(np.float64))
+        faces = torch.as_tensor(_face_array(faces))
         _validate_geometry(vertices.numpy(), faces.numpy(), allow_no_faces=edge_index is not None)
         self.vertices = vertices
         self.faces = faces
@@ -121,6 +121,33 @@ class Mesh:
     def __repr__(self) -> str:
         sphere = ", lat/lon" if self.latitude is not None else ""
         return f"Mesh(name={self.name!r}, vertices={self.num_vertices}, faces={self.num_faces}{sphere})"
+
+
+def _real_array(values, what: str) -> np.ndarray:
+    """``values`` as a numpy array of real numbers, or a TypeError naming ``what``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        array = np.asarray(values)
+    except ValueError as error:  # ragged nested lists
+        raise TypeError(f"{what} must be a rectangular array of numbers: {error}") from None
+    if array.dtype == object or np.iscomplexobj(array) or not (np.issubdtype(array.dtype, np.number)
+                                                                or array.dtype == bool):
+        raise TypeError(f"{what} must be real numbers, got an array of dtype {array.dtype}")
+    return array
+
+
+def _face_array(faces) -> np.ndarray:
+    """``(F, 3)`` int64 face indices; float input is accepted only when it holds whole numbers."""
+    array = _real_array(faces, "mesh faces")
+    if array.size == 0:
+        array = array.reshape(0, 3)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"mesh faces must have shape (F, 3) (triangles), got {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not (np.isfinite(array).all() and (array == np.round(array)).all()):
+            raise ValueError("mesh faces must hold integer vertex indices, got non-integer or non-finite values")
+    return array.astype(np.int64)
 
 
 def _validate_geometry(vertices: np.ndarray, faces: np.ndarray, allow_no_faces: bool = False) -> None:
@@ -198,7 +225,7 @@ def load_mesh(path, name: str | None = None) -> Mesh:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mesh file not found: {path}")
+        raise FileNotFoundError(f"mesh file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
     try:
         loaded = trimesh.load(str(path), process=False, force="mesh")
     except Exception as error:  # trimesh raises many types for unreadable files
@@ -207,8 +234,8 @@ def load_mesh(path, name: str | None = None) -> Mesh:
         raise ValueError(f"{path} does not contain a triangle mesh (trimesh gave {type(loaded).__name__})")
     vertices = np.asarray(loaded.vertices, dtype=np.float64)
     faces = np.asarray(loaded.faces, dtype=np.int64).reshape(-1, 3)
-    if len(vertices) == 0:
-        raise ValueError(f"{path} has no vertices")
+    if len(vertices) == 0:  # trimesh reads text that is not a mesh, and point clouds, as an empty mesh
+        raise ValueError(f"{path} has no vertices: not a triangle mesh file (or a point cloud without faces)")
     if len(faces) == 0:
         raise ValueError(f"{path} has no faces: a triangle mesh is needed")
     return Mesh(vertices, drop_duplicate_faces(faces), name=name or path.stem)

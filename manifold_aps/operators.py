@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -61,15 +62,22 @@ class Measurement:
         return cls(y, observed)
 
 
+def _real_number(value, what: str) -> float:
+    """``value`` as a float; a TypeError for strings, None, bools and other non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def _check_noise(noise_std: float) -> float:
-    noise_std = float(noise_std)
+    noise_std = _real_number(noise_std, "noise_std")
     if not math.isfinite(noise_std) or noise_std < 0:
         raise ValueError(f"noise_std must be a finite number ≥ 0, got {noise_std}")
     return noise_std
 
 
 def _check_rate(rate: float, what: str = "hidden_fraction") -> float:
-    rate = float(rate)
+    rate = _real_number(rate, what)
     if not (0.0 <= rate < 1.0):
         raise ValueError(f"{what} must be in [0, 1), got {rate}")
     return rate
@@ -149,6 +157,8 @@ class BlindVertexMask(RandomVertexMask):
 
     def __init__(self, num_vertices: int, padded_vertices: int | None = None,
                  hidden_range: tuple[float, float] = (0.3, 0.6), noise_std: float = 0.05):
+        if not isinstance(hidden_range, (tuple, list)) or len(hidden_range) != 2:
+            raise TypeError(f"hidden_range must be a (low, high) pair of rates, got {hidden_range!r}")
         low, high = (_check_rate(r, "hidden_range bounds") for r in hidden_range)
         if low > high:
             raise ValueError(f"hidden_range must be (low, high) with low ≤ high, got {hidden_range}")

@@ -167,6 +167,9 @@ def _as_tensor(signals):
         if not (signals.is_floating_point() or signals.dtype in _INTEGER_DTYPES):
             raise TypeError(f"signals must be real numbers, got dtype {signals.dtype}")
         return "torch", signals.detach(), None
+    if signals is None or isinstance(signals, (str, bytes)):  # np.asarray would make a 0-d array of them
+        raise TypeError(f"signals must be a numpy array, torch tensor or xarray.DataArray of numbers, "
+                        f"got {type(signals).__name__}")
     import xarray as xr
 
     if isinstance(signals, xr.DataArray):
@@ -176,7 +179,8 @@ def _as_tensor(signals):
     try:
         array = np.ascontiguousarray(signals)
     except Exception as error:
-        raise TypeError(f"signals must be a numpy array, torch tensor or xarray.DataArray, got {type(signals).__name__}") from error
+        raise TypeError(f"signals must be a numpy array, torch tensor or xarray.DataArray of numbers; could not "
+                        f"convert the {type(signals).__name__} ({error})") from error
     _check_numeric(array)
     return "numpy", torch.as_tensor(array), None
 

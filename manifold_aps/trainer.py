@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from manifold_aps.checkpoint import load_checkpoint, save_checkpoint
+from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["TrainingConfig", "ExponentialMovingAverage", "TrainingResult", "resolve_device", "train"]
 
@@ -202,14 +202,19 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and resume and path.exists():
         state = load_checkpoint(path, kind="training", map_location=device)
-        _check_resumable(state["config"], config, path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        data_generator.set_state(state["rng"]["data"].cpu())
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        losses = state["losses"].tolist()
-        start = int(state["step"])
+        try:
+            _check_resumable(state["config"], config, path)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            ema.load_state_dict(state["ema"])
+            data_generator.set_state(state["rng"]["data"].cpu())
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            losses = state["losses"].tolist()
+            start = int(state["step"])
+        except (KeyError, RuntimeError, AttributeError, TypeError) as error:  # not ValueError: config mismatch
+            raise CheckpointError(f"cannot resume from {path}: the training checkpoint is incomplete or does not "
+                                  f"match this model ({type(error).__name__}: {str(error)[:300]}); use a new "
+                                  f"checkpoint path or resume=False") from None
         if start > config.steps:
             raise ValueError(f"{path} is at step {start}, beyond config.steps = {config.steps}")
 

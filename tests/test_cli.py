@@ -15,9 +15,14 @@ def test_every_command_has_help(capsys):
         assert f"usage: manifold-aps {command}" in capsys.readouterr().out
 
 
-def test_console_script_runs():
+def test_console_script_runs_and_reports_user_errors_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "manifold_aps.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train-prior" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "manifold_aps.cli", "sample", "--model", str(tmp_path / "none.pt"),
+                             "--input", str(tmp_path / "none.npy"), "--output", str(tmp_path / "out.npz")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("manifold-aps: error:") and "Traceback" not in result.stderr
 
 
 def test_train_prior_smoke_writes_a_loadable_prior(mirror, tmp_path, capsys):

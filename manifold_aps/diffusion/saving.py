@@ -56,16 +56,20 @@ def load_prior(path, map_location="cpu") -> DiffusionPrior:
     :class:`~manifold_aps.signals.MinMaxNormalizer` or None.
     """
     record = load_checkpoint(path, map_location=map_location)
-    if record["kind"] == "diffusion_prior":
-        prior = prior_from_description(record["prior"])
-        prior.load_state_dict(record["state"])
-        normalizer = record.get("normalizer")
-    elif record["kind"] == "training" and "prior" in record.get("metadata", {}):
-        prior = prior_from_description(record["metadata"]["prior"])
-        prior.load_state_dict(record["model"])
-        prior.load_state_dict(record["ema"], strict=False)
-        normalizer = None
-    else:
-        raise CheckpointError(f"{path} holds a {record['kind']!r} checkpoint without a diffusion prior")
-    prior.normalizer = MinMaxNormalizer(**normalizer) if normalizer else None
+    try:
+        if record["kind"] == "diffusion_prior":
+            prior = prior_from_description(record["prior"])
+            prior.load_state_dict(record["state"])
+            normalizer = record.get("normalizer")
+        elif record["kind"] == "training" and "prior" in record.get("metadata", {}):
+            prior = prior_from_description(record["metadata"]["prior"])
+            prior.load_state_dict(record["model"])
+            prior.load_state_dict(record["ema"], strict=False)
+            normalizer = None
+        else:
+            raise CheckpointError(f"{path} holds a {record['kind']!r} checkpoint without a diffusion prior")
+        prior.normalizer = MinMaxNormalizer(**normalizer) if normalizer else None
+    except (KeyError, TypeError, RuntimeError) as error:  # header fine, body missing parts or mismatched shapes
+        raise CheckpointError(f"{path} is an incomplete or inconsistent prior file "
+                              f"({type(error).__name__}: {str(error)[:300]})") from None
     return prior.to(map_location).eval()
