@@ -101,9 +101,12 @@ def build_flow(kind: str, layout: VertexLayout, blind: bool, config: APSConfig, 
     """The conditional flow over the real entries ``V · C`` for ``kind`` ``"realnvp"`` or ``"mesh"``."""
     cond_channels = layout.num_channels + (0 if blind else 1)
     if kind == "realnvp":
-        return ConditionalRealNVP(layout.num_vertices * layout.num_channels, layout.num_vertices * cond_channels,
-                                  n_steps=config.n_steps, hidden=config.hidden, layers=config.layers,
-                                  scale_bound=config.scale_bound, permutation="random", seed=config.seed)
+        dim, cond_dim = layout.num_vertices * layout.num_channels, layout.num_vertices * cond_channels
+        # with one channel the condition is (y, mask) — or y alone when blind — at each coordinate
+        aligned = cond_dim // dim if cond_dim % dim == 0 else 0
+        return ConditionalRealNVP(dim, cond_dim, n_steps=config.n_steps, hidden=config.hidden, layers=config.layers,
+                                  scale_bound=config.scale_bound, permutation="random", seed=config.seed,
+                                  aligned_features=aligned)
     if kind == "mesh":
         if edge_index is None:
             raise ValueError("the mesh flow needs the mesh (its edge_index)")

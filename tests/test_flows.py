@@ -11,8 +11,9 @@ MESH = latlon_sphere(60.0)  # 18 vertices: small enough for dense Jacobians
 
 
 def make_flow(kind: str, **overrides):
-    if kind == "realnvp":
-        config = dict(dim=MESH.num_vertices, cond_dim=2 * MESH.num_vertices, n_steps=3, hidden=16, permutation="random")
+    if kind.startswith("realnvp"):
+        config = dict(dim=MESH.num_vertices, cond_dim=2 * MESH.num_vertices, n_steps=3, hidden=16, permutation="random",
+                      aligned_features=2 if kind == "realnvp_aligned" else 0)
         config.update(overrides)
         return ConditionalRealNVP(**config)
     config = dict(num_vertices=MESH.num_vertices, cond_channels=2, n_steps=2, hidden=8, partition="parity")
@@ -33,7 +34,7 @@ def perturb_weights(flow: torch.nn.Module, scale: float = 0.3):
     return flow
 
 
-FLOWS = ["realnvp", "mesh"]
+FLOWS = ["realnvp", "realnvp_aligned", "mesh"]  # aligned: per-coordinate skips from (y, mask)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -9,6 +9,13 @@ log-scale and a shift for the other half:
 
 The bounded log-scale keeps a step's volume change in ``[−bound, bound]`` per coordinate; the last
 layer starts at zero, so a fresh coupling is the identity.
+
+Aligned condition features. When the condition carries ``k`` features per coordinate (for APS:
+the measurement ``y`` and the observed mask at the same vertex), the shift gets a per-coordinate
+linear skip ``t += Σ_j w_j ⊙ f_j[active]`` (``w`` zero-initialised). Copying ``y`` into the output
+is then one learned weight per coordinate instead of a near-identity map of rank ``d/2`` that a
+narrow network cannot represent: without it, a RealNVP with 512 hidden units did not even
+reproduce the observed entries (RMSE equal to the signal's std on a 1152-vertex torus).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ class AffineCoupling(torch.nn.Module):
     """
 
     def __init__(self, dim: int, cond_dim: int = 0, update: str = "second", hidden: int = 256, layers: int = 2,
-                 scale_bound: float = 2.0):
+                 scale_bound: float = 2.0, aligned_features: int = 0):
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling needs dim ≥ 2, got {dim}")
@@ -60,22 +67,29 @@ class AffineCoupling(torch.nn.Module):
         self.active_size = dim - passive_size
         self.scale_bound = float(scale_bound)
         self.net = mlp(passive_size + cond_dim, 2 * self.active_size, hidden, layers)
+        self.skip = torch.nn.Parameter(torch.zeros(self.active_size, aligned_features)) if aligned_features else None
+        # which original coordinate each active entry is (the owning flow sets it after permutations)
+        self.register_buffer("active_coordinates", torch.arange(dim)[self.active].clone())
 
-    def _scale_shift(self, passive: torch.Tensor, condition: torch.Tensor | None):
+    def _scale_shift(self, passive: torch.Tensor, condition: torch.Tensor | None, aligned: torch.Tensor | None):
         features = passive if condition is None else torch.cat([passive, condition], dim=1)
         raw_scale, shift = self.net(features).chunk(2, dim=1)
+        if self.skip is not None:
+            if aligned is None:
+                raise ValueError("this coupling needs the aligned condition features (B, d, k)")
+            shift = shift + (aligned[:, self.active_coordinates] * self.skip).sum(dim=-1)
         return self.scale_bound * torch.tanh(raw_scale / self.scale_bound), shift
 
-    def forward(self, z: torch.Tensor, condition: torch.Tensor | None = None):
-        """``z → x``; returns ``(x, log|det ∂x/∂z|)``."""
-        log_scale, shift = self._scale_shift(z[:, self.passive], condition)
+    def forward(self, z: torch.Tensor, condition: torch.Tensor | None = None, aligned: torch.Tensor | None = None):
+        """``z → x``; returns ``(x, log|det ∂x/∂z|)``. ``aligned``: ``(B, d, k)`` in the original order."""
+        log_scale, shift = self._scale_shift(z[:, self.passive], condition, aligned)
         x = z.clone()
         x[:, self.active] = z[:, self.active] * log_scale.exp() + shift
         return x, log_scale.sum(dim=1)
 
-    def inverse(self, x: torch.Tensor, condition: torch.Tensor | None = None):
+    def inverse(self, x: torch.Tensor, condition: torch.Tensor | None = None, aligned: torch.Tensor | None = None):
         """``x → z``; returns ``(z, log|det ∂z/∂x|)``."""
-        log_scale, shift = self._scale_shift(x[:, self.passive], condition)
+        log_scale, shift = self._scale_shift(x[:, self.passive], condition, aligned)
         z = x.clone()
         z[:, self.active] = (x[:, self.active] - shift) * torch.exp(-log_scale)
         return z, -log_scale.sum(dim=1)

@@ -109,6 +109,9 @@ class ConditionalRealNVP(ConditionalFlow):
         n_steps: flow steps ``K`` (24 in the paper); hidden, layers: coupling networks.
         scale_bound: bound on each coupling's per-coordinate log-scale.
         permutation: ``"reverse"`` or ``"random"`` (seeded by ``seed``).
+        aligned_features: ``k > 0`` when the condition is ``k`` features per coordinate
+            (``cond_dim = k · d``, e.g. APS's ``y`` and observed mask per vertex): every coupling then
+            adds a per-coordinate skip from them to its shift (see :mod:`.coupling`).
 
     Example:
         >>> flow = ConditionalRealNVP(dim=8, cond_dim=3, n_steps=2, hidden=16)
@@ -119,31 +122,42 @@ class ConditionalRealNVP(ConditionalFlow):
     """
 
     def __init__(self, dim: int, cond_dim: int, n_steps: int = 24, hidden: int = 256, layers: int = 2,
-                 scale_bound: float = 2.0, permutation: str = "reverse", seed: int = 0):
+                 scale_bound: float = 2.0, permutation: str = "reverse", seed: int = 0, aligned_features: int = 0):
         super().__init__()
         if dim < 2 or cond_dim < 0 or n_steps < 1:
             raise ValueError(f"need dim ≥ 2, cond_dim ≥ 0, n_steps ≥ 1; got {dim}, {cond_dim}, {n_steps}")
         if permutation not in ("reverse", "random"):
             raise ValueError(f"permutation must be 'reverse' or 'random', got {permutation!r}")
+        if aligned_features and cond_dim != aligned_features * dim:
+            raise ValueError(f"aligned_features={aligned_features} needs cond_dim = {aligned_features} × {dim}, got {cond_dim}")
         self.config = dict(dim=dim, cond_dim=cond_dim, n_steps=n_steps, hidden=hidden, layers=layers,
-                           scale_bound=scale_bound, permutation=permutation, seed=seed)
+                           scale_bound=scale_bound, permutation=permutation, seed=seed,
+                           aligned_features=aligned_features)
+        self.aligned_features = aligned_features
         self.dim, self.cond_dim = dim, cond_dim
         generator = torch.Generator().manual_seed(seed)
         layers_list, total = [], torch.arange(dim)
         for _ in range(n_steps):
             order = torch.arange(dim - 1, -1, -1) if permutation == "reverse" else torch.randperm(dim, generator=generator)
+            first = AffineCoupling(dim, cond_dim, "second", hidden, layers, scale_bound, aligned_features)
+            first.active_coordinates.copy_(total[first.active])
             total = total[order]
-            layers_list += [
-                ActNorm(dim),
-                AffineCoupling(dim, cond_dim, "second", hidden, layers, scale_bound),
-                Permutation(order),
-                AffineCoupling(dim, cond_dim, "second", hidden, layers, scale_bound),
-            ]
+            second = AffineCoupling(dim, cond_dim, "second", hidden, layers, scale_bound, aligned_features)
+            second.active_coordinates.copy_(total[second.active])
+            layers_list += [ActNorm(dim), first, Permutation(order), second]
         layers_list.append(Permutation(torch.argsort(total)))  # undo the composed permutation
         self.layers = torch.nn.ModuleList(layers_list)
 
-    def prepare_condition(self, condition: torch.Tensor) -> torch.Tensor:
+    def prepare_condition(self, condition: torch.Tensor):
+        """``(flat condition (B, cond_dim), aligned features (B, d, k) or None)``."""
         condition = condition.reshape(condition.shape[0], -1)
         if condition.shape[1] != self.cond_dim:
             raise ValueError(f"condition has {condition.shape[1]} entries per sample, expected {self.cond_dim}")
-        return condition
+        aligned = condition.reshape(condition.shape[0], self.dim, self.aligned_features) if self.aligned_features else None
+        return condition, aligned
+
+    def _run_layer(self, layer, values, condition, inverse: bool):
+        if isinstance(layer, AffineCoupling):
+            flat, aligned = condition
+            return layer.inverse(values, flat, aligned) if inverse else layer(values, flat, aligned)
+        return super()._run_layer(layer, values, condition, inverse)

@@ -58,7 +58,7 @@ def plot_latlon_fields(fields: dict, latitude, longitude, path, projection: str 
             row-major vertex order.
         latitude, longitude: 1D grid coordinates in degrees.
         value_range: colour limits shared by all value panels (default their min/max); titles in
-            ``std_keys`` get their own scale (magma).
+            ``std_keys`` share a second scale from 0 (magma).
         hidden: optional ``(n_lat·n_lon,)`` bool; panels titled ``"measurement"`` grey it out.
     """
     import matplotlib
@@ -74,6 +74,8 @@ def plot_latlon_fields(fields: dict, latitude, longitude, path, projection: str 
     value_grids = [g for t, g in grids.items() if t not in std_keys]
     if value_range is None and value_grids:
         value_range = (min(float(np.nanmin(g)) for g in value_grids), max(float(np.nanmax(g)) for g in value_grids))
+    std_grids = [g for t, g in grids.items() if t in std_keys]
+    std_range = (0.0, max(float(np.nanmax(g)) for g in std_grids)) if std_grids else None
     columns = columns or len(grids)
     rows = -(-len(grids) // columns)
     figure = plt.figure(figsize=(4.2 * columns, 2.6 * rows * (1.4 if projection == "orthographic" else 1.0)))
@@ -90,7 +92,7 @@ def plot_latlon_fields(fields: dict, latitude, longitude, path, projection: str 
         is_std = title in std_keys
         mesh = axis.pcolormesh(lon_closed, latitude, data, transform=ccrs.PlateCarree(), shading="nearest",
                                cmap="magma" if is_std else "RdYlBu_r",
-                               vmin=None if is_std else value_range[0], vmax=None if is_std else value_range[1])
+                               vmin=(std_range if is_std else value_range)[0], vmax=(std_range if is_std else value_range)[1])
         axis.coastlines(resolution="110m", linewidth=0.6)
         axis.set_title(title, fontsize=9)
         figure.colorbar(mesh, ax=axis, orientation="horizontal", shrink=0.7, pad=0.04, label=units)
