@@ -167,6 +167,19 @@ def _as_matrix(signals) -> torch.Tensor:
     return array
 
 
+def _principal_components(data: torch.Tensor):
+    """Mean, covariance eigenvalues (descending) and eigenvectors (rows) of ``(N, D)`` data, via one SVD."""
+    mean = data.mean(dim=0)
+    _, singular, right = torch.linalg.svd(data - mean, full_matrices=False)
+    return mean, singular**2 / (data.shape[0] - 1), right
+
+
+def _ppca_from_components(mean, eigenvalues, right, dim: int, rank: int) -> LowRankGaussian:
+    nugget = max(float(eigenvalues[rank:].sum() / (dim - rank)), 1e-12 * float(eigenvalues[0]))
+    spectrum = (eigenvalues[:rank] - nugget).clamp_min(1e-12 * float(eigenvalues[0]))
+    return LowRankGaussian(mean, right[:rank].T, spectrum, nugget)
+
+
 def fit_ppca(signals, rank: int) -> LowRankGaussian:
     """Probabilistic PCA of ``signals`` ``(N, D)`` (or ``(N, V, C)``, flattened) with ``rank`` modes.
 
@@ -176,13 +189,7 @@ def fit_ppca(signals, rank: int) -> LowRankGaussian:
     count, dim = data.shape
     if not 1 <= rank < min(count, dim):
         raise ValueError(f"rank must be in [1, {min(count, dim) - 1}], got {rank}")
-    mean = data.mean(dim=0)
-    _, singular, right = torch.linalg.svd(data - mean, full_matrices=False)
-    eigenvalues = singular**2 / (count - 1)
-    nugget = float(eigenvalues[rank:].sum() / (dim - rank))
-    nugget = max(nugget, 1e-12 * float(eigenvalues[0]))
-    spectrum = (eigenvalues[:rank] - nugget).clamp_min(1e-12 * float(eigenvalues[0]))
-    return LowRankGaussian(mean, right[:rank].T, spectrum, nugget)
+    return _ppca_from_components(*_principal_components(data), dim, rank)
 
 
 def optimal_interpolation(train_signals, validation_measurements, validation_truth, noise_std: float,
@@ -203,11 +210,12 @@ def optimal_interpolation(train_signals, validation_measurements, validation_tru
     truth = torch.as_tensor(validation_truth.detach().cpu() if isinstance(validation_truth, torch.Tensor)
                             else np.asarray(validation_truth), dtype=torch.float64)
     hidden = ~torch.as_tensor(observed.detach().cpu() if isinstance(observed, torch.Tensor) else np.asarray(observed)).bool()
+    components = _principal_components(data)  # one SVD serves every candidate rank
     scores, best = {}, None
     for rank in ranks:
         if rank >= min(data.shape):
             continue
-        prior = fit_ppca(data, rank)
+        prior = _ppca_from_components(*components, data.shape[1], rank)
         mean = prior.posterior(y, ~hidden, noise_std).mean
         scores[rank] = float(((mean - truth) ** 2)[hidden].mean())
         if best is None or scores[rank] < scores[best[0]]:
