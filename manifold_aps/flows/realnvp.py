@@ -33,7 +33,8 @@ class ConditionalFlow(torch.nn.Module):
     def prepare_condition(self, condition: torch.Tensor) -> torch.Tensor:
         return condition
 
-    def _run_layer(self, layer, values, condition, inverse: bool):
+    def apply_layer(self, layer, values, condition, inverse: bool):
+        """One layer ``z → x`` (or ``x → z`` when ``inverse``) with a condition from :meth:`prepare_condition`."""
         if isinstance(layer, (ActNorm, Permutation)):
             return layer.inverse(values) if inverse else layer(values)
         return layer.inverse(values, condition) if inverse else layer(values, condition)
@@ -44,7 +45,7 @@ class ConditionalFlow(torch.nn.Module):
         condition = self.prepare_condition(condition)
         log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
         for layer in self.layers:
-            z, step = self._run_layer(layer, z, condition, inverse=False)
+            z, step = self.apply_layer(layer, z, condition, inverse=False)
             log_det = log_det + step
         return z, log_det
 
@@ -54,7 +55,7 @@ class ConditionalFlow(torch.nn.Module):
         condition = self.prepare_condition(condition)
         log_det = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         for layer in reversed(self.layers):
-            x, step = self._run_layer(layer, x, condition, inverse=True)
+            x, step = self.apply_layer(layer, x, condition, inverse=True)
             log_det = log_det + step
         return x, log_det
 
@@ -156,8 +157,8 @@ class ConditionalRealNVP(ConditionalFlow):
         aligned = condition.reshape(condition.shape[0], self.dim, self.aligned_features) if self.aligned_features else None
         return condition, aligned
 
-    def _run_layer(self, layer, values, condition, inverse: bool):
+    def apply_layer(self, layer, values, condition, inverse: bool):
         if isinstance(layer, AffineCoupling):
             flat, aligned = condition
             return layer.inverse(values, flat, aligned) if inverse else layer(values, flat, aligned)
-        return super()._run_layer(layer, values, condition, inverse)
+        return super().apply_layer(layer, values, condition, inverse)
