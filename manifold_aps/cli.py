@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the offline demo (no data needed)", description="APS vs exact posteriors.")
     demo.add_argument("--output", default="demo_output")
-    demo.add_argument("--iterations", type=int, default=200)
+    demo.add_argument("--iterations", type=int, default=350)
     demo.add_argument("--config")
     demo.set_defaults(handler=cmd_demo)
     return parser

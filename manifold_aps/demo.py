@@ -94,7 +94,7 @@ def render(sphere_result: dict, torus_result: dict, output: Path) -> list[Path]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="demo_output", help="folder for the PNG renders")
-    parser.add_argument("--iterations", type=int, default=200, help="APS training steps per mesh")
+    parser.add_argument("--iterations", type=int, default=350, help="APS training steps per mesh")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
