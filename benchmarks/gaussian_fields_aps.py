@@ -1,6 +1,6 @@
 """APS against the exact posterior of Gaussian random fields (exact-score prior: only the flow errs).
 
-    MANIFOLD_APS_DATA=/work/shared/data python benchmarks/gaussian_fields_aps.py --mesh sphere4 \
+    MANIFOLD_APS_DATA=../shared/data python benchmarks/gaussian_fields_aps.py --mesh sphere4 \
         --flow realnvp --iterations 3000 --threads 1
 
 A Matérn-type field (:class:`manifold_aps.data.gaussian_fields.GaussianRandomField`, mean 0.5,

@@ -27,6 +27,7 @@ from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.diffusion.gaussian import exact_gaussian_prior
 from manifold_aps.mesh import Mesh, latlon_sphere, torus
 from manifold_aps.metrics import interval_coverage, psnr
+from manifold_aps.operators import RandomVertexMask
 from manifold_aps.signals import VertexLayout
 
 HIDDEN_FRACTION, NOISE_STD = 0.6, 0.05
@@ -43,15 +44,15 @@ def run_case(mesh: Mesh, field: GaussianRandomField, iterations: int, num_train:
     model = fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, flow=flow, scale="smoke",
                 iterations=iterations, seed=seed, progress=True)
     train_seconds = time.perf_counter() - started
-    observed = torch.rand(num_test, mesh.num_vertices, generator=generator).argsort(dim=1).argsort(dim=1) \
-        >= round(HIDDEN_FRACTION * mesh.num_vertices)
-    y = test + NOISE_STD * torch.randn(test.shape, generator=generator)
+    operator = RandomVertexMask(mesh.num_vertices, hidden_fraction=HIDDEN_FRACTION, noise_std=NOISE_STD)
+    measurement = operator(test[..., None], generator)
+    y, observed = measurement.y[..., 0], measurement.observed
     with_nan = torch.where(observed, y, torch.full_like(y, float("nan")))
     started = time.perf_counter()
     samples = model.sample(with_nan, n=128, generator=generator)  # (128, N, V)
     sample_seconds = (time.perf_counter() - started) / num_test
     mean, std = samples.mean(dim=0), samples.std(dim=0)
-    exact = field.posterior(torch.where(observed, y, torch.zeros_like(y)), observed, NOISE_STD)
+    exact = field.posterior(y, observed, NOISE_STD)
     hidden = ~observed
     return dict(
         mesh=mesh, truth=test, y=y, observed=observed, samples=samples, mean=mean, std=std,

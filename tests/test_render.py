@@ -6,7 +6,7 @@ import pytest
 
 import manifold_aps as aps
 from manifold_aps.render import plot_healpix, plot_latlon_fields, render_posterior
-from manifold_aps.render.maps import NATURAL_EARTH_DIR
+from manifold_aps.render.maps import use_registry_coastlines
 
 
 def _colours(path) -> int:
@@ -23,13 +23,24 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_packaged_coastlines_are_shipped():
-    shp = NATURAL_EARTH_DIR / "shapefiles" / "natural_earth" / "physical" / "ne_110m_coastline.shp"
-    assert shp.is_file() and shp.stat().st_size > 80_000
+def test_coastlines_come_from_the_data_mirror(mirror):
+    import cartopy
+
+    assert use_registry_coastlines()
+    assert cartopy.config["pre_existing_data_dir"] == str(mirror / "natural_earth")
+
+
+def test_map_without_any_coastline_copy_warns_and_still_renders(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("MANIFOLD_APS_DATA", str(tmp_path / "empty_mirror"))
+    monkeypatch.setenv("MANIFOLD_APS_CACHE", str(tmp_path / "empty_cache"))
+    field = np.cos(np.deg2rad(aps.latlon_sphere(30.0).latitude.numpy()))
+    with pytest.warns(UserWarning, match="without coastlines"):
+        path = plot_latlon_fields({"truth": field}, np.linspace(90, -90, 7), np.arange(12) * 30.0, tmp_path / "m.png")
+    assert path.is_file()
 
 
 @pytest.mark.parametrize("projection", ["robinson", "orthographic"])
-def test_latlon_map_renders_offline(tmp_path, no_network, projection):
+def test_latlon_map_renders_offline(mirror, tmp_path, no_network, projection):
     sphere = aps.latlon_sphere(4.0)
     field = np.cos(np.deg2rad(sphere.latitude.numpy()))
     hidden = np.random.default_rng(0).random(sphere.num_vertices) < 0.6

