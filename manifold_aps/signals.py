@@ -31,6 +31,7 @@ __all__ = [
     "vertices_to_grid",
 ]
 
+#: Vertex counts are padded up to a multiple of this (see the module docstring).
 DEFAULT_MULTIPLE = 32
 
 

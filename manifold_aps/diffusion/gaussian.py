@@ -58,9 +58,12 @@ class GaussianNoisePredictor(torch.nn.Module):
         """Predictor for ``Σ = Φ diag(s) Φᵀ + τ² diag(support)``.
 
         Arguments:
-            mean: ``(d,)``; modes: ``Φ`` ``(d, k)`` (any basis, zero outside ``support``);
-            spectrum: ``s`` ``(k,)``; nugget_variance: ``τ²``; support: bool ``(d,)`` entries that
-            carry the nugget (default all; padding entries are outside it and get variance 0).
+            mean: ``(d,)``.
+            modes: ``Φ`` ``(d, k)`` (any basis, zero outside ``support``).
+            spectrum: ``s`` ``(k,)``.
+            nugget_variance: ``τ²``.
+            support: bool ``(d,)`` entries that carry the nugget (default all; padding entries are
+                outside it and get variance 0).
         """
         mean = torch.as_tensor(mean, dtype=torch.float64)
         modes = torch.as_tensor(modes, dtype=torch.float64)
@@ -79,7 +82,7 @@ class GaussianNoisePredictor(torch.nn.Module):
 
     @classmethod
     def from_state(cls, state: dict, sde: VPSDE | None = None) -> "GaussianNoisePredictor":
-        """Rebuild from :meth:`state_dict` (buffers only: safe for ``weights_only`` loading)."""
+        """Rebuild from :meth:`~torch.nn.Module.state_dict` (buffers only: safe for ``weights_only`` loading)."""
         predictor = cls(state["mean"], None, sde)
         for name in ("eigenvalues", "eigenvectors", "complement_variance"):
             setattr(predictor, name, state[name].to(torch.float64))

@@ -68,7 +68,8 @@ def render_signals(mesh: Mesh, panels: list[list[tuple[str, np.ndarray | None, n
     Arguments:
         panels: rows of ``(title, values (V,), hidden mask (V,) or None, kind)`` with kind
             ``"value"`` (shared colour scale) or ``"std"`` (its own scale, magma).
-        value_range / std_range: colour limits; default the min/max over all panels of the kind.
+        value_range: colour limits of the ``"value"`` panels; default their min/max.
+        std_range: colour limits of the ``"std"`` panels; default their min/max.
     """
     import pyvista as pv
 

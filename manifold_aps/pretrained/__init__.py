@@ -1,0 +1,119 @@
+"""Trained models shipped with the package: cpu-scale priors and APS samplers, with model cards.
+
+Each task ``name`` (``"bunny_mnist"``, ``"era5_proxy"``) has, in this folder,
+
+- ``<name>_prior.pt``: the diffusion prior (a :func:`~manifold_aps.diffusion.save_prior` file),
+- ``<name>_aps.pt`` and, where trained, ``<name>_blind_aps.pt``: APS samplers saved without their
+  prior (they share ``<name>_prior.pt``),
+- ``<name>.md``: the model card (data, steps, wall time, metrics, the commands that made it).
+
+Large weight tensors are stored as float16 to keep the package small and are loaded back as
+float32; the model cards report metrics measured with the stored (float16-rounded) weights.
+
+Example:
+    >>> from manifold_aps import pretrained
+    >>> "bunny_mnist" in pretrained.available()           # doctest: +SKIP
+    True
+    >>> sampler = pretrained.load_sampler("bunny_mnist")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from manifold_aps.aps import AmortizedPosteriorSampler
+from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from manifold_aps.diffusion.prior import DiffusionPrior
+from manifold_aps.diffusion.saving import load_prior as _load_prior_file
+from manifold_aps.diffusion.saving import describe_prior
+from manifold_aps.signals import MinMaxNormalizer
+
+__all__ = ["FOLDER", "available", "load_prior", "load_sampler", "model_card", "export"]
+
+FOLDER = Path(__file__).resolve().parent
+HALF_PRECISION_MIN_SIZE = 4096
+"""Floating tensors with at least this many entries are stored as float16."""
+
+
+def _files(name: str, folder: Path) -> dict:
+    return {"prior": folder / f"{name}_prior.pt", "aps": folder / f"{name}_aps.pt",
+            "blind": folder / f"{name}_blind_aps.pt", "card": folder / f"{name}.md"}
+
+
+def available(folder=FOLDER) -> list[str]:
+    """Names of the shipped samplers: ``<task>`` for known-mask APS, ``<task>_blind`` for blind APS."""
+    folder = Path(folder)
+    names = []
+    for prior_file in sorted(folder.glob("*_prior.pt")):
+        task = prior_file.name[: -len("_prior.pt")]
+        files = _files(task, folder)
+        names += [task] * files["aps"].exists() + [f"{task}_blind"] * files["blind"].exists()
+    return names
+
+
+def _require(path: Path, name: str, folder: Path) -> Path:
+    if not path.exists():
+        shipped = ", ".join(available(folder)) or "none"
+        raise FileNotFoundError(f"no shipped model {name!r}: {path} is missing (shipped: {shipped})")
+    return path
+
+
+def load_prior(task: str, folder=FOLDER) -> DiffusionPrior:
+    """The shipped diffusion prior of ``task`` (eval mode, float32, ``.normalizer`` set)."""
+    folder = Path(folder)
+    return _load_prior_file(_require(_files(task, folder)["prior"], task, folder))
+
+
+def load_sampler(task: str, blind: bool = False, device="cpu", folder=FOLDER) -> AmortizedPosteriorSampler:
+    """The shipped APS sampler of ``task`` (blind: trained for unknown masks), with its prior."""
+    folder = Path(folder)
+    files = _files(task, folder)
+    path = _require(files["blind" if blind else "aps"], task + "_blind" * blind, folder)
+    prior = load_prior(task, folder)
+    payload = load_checkpoint(path, kind="aps_model", map_location="cpu")
+    try:
+        model = AmortizedPosteriorSampler.from_payload(payload, prior=prior)
+    except (KeyError, TypeError, ValueError, RuntimeError, StopIteration) as error:
+        raise CheckpointError(f"{path} does not fit {files['prior'].name} ({type(error).__name__}: {error})") from None
+    return model.to(device).eval()
+
+
+def model_card(task: str, folder=FOLDER) -> str:
+    """The model card (Markdown) of ``task``."""
+    folder = Path(folder)
+    return _require(_files(task, folder)["card"], task, folder).read_text()
+
+
+def _compact(state: dict) -> dict:
+    """Large floating tensors as float16 (``load_state_dict`` casts them back)."""
+    return {key: value.detach().cpu().half() if value.is_floating_point() and value.numel() >= HALF_PRECISION_MIN_SIZE
+            else value.detach().cpu() for key, value in state.items()}
+
+
+def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normalizer: MinMaxNormalizer | None = None,
+           folder=FOLDER) -> list[Path]:
+    """Write ``prior``, the ``samplers`` (``{"aps": model}`` and/or ``{"blind": model}``) and ``card``.
+
+    The samplers must have been trained against ``prior``; they are stored without it.
+    """
+    folder = Path(folder)
+    files = _files(task, folder)
+    unknown = set(samplers) - {"aps", "blind"}
+    if unknown:
+        raise ValueError(f"samplers keys must be 'aps' and/or 'blind', got {sorted(unknown)}")
+    normalizer = normalizer or getattr(prior, "normalizer", None)
+    written = [save_checkpoint(files["prior"], {
+        "prior": describe_prior(prior), "state": _compact(prior.state_dict()),
+        "normalizer": normalizer.state_dict() if normalizer is not None else None}, kind="diffusion_prior")]
+    for key, model in samplers.items():
+        if model.prior is not prior and any(not torch.equal(a, b) for a, b in
+                                            zip(model.prior.state_dict().values(), prior.state_dict().values())):
+            raise ValueError(f"the {key!r} sampler was trained against a different prior")
+        payload = model.state_payload(include_prior=False)
+        payload["flow_state"] = _compact(payload["flow_state"])
+        written.append(save_checkpoint(files[key], payload, kind="aps_model"))
+    files["card"].write_text(card)
+    written.append(files["card"])
+    return written

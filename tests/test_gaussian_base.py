@@ -1,0 +1,91 @@
+"""The Gaussian posterior base of APS: at the flow's identity the sampler draws exactly from the
+optimal-interpolation posterior of the fitted Gaussian; its log-det adds Σ log s; it is saved."""
+
+import numpy as np
+import pytest
+import torch
+
+import manifold_aps as aps
+from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, build_flow, fit_gaussian_base, measure_signals
+from manifold_aps.data.gaussian_fields import GaussianRandomField
+from manifold_aps.operators import RandomVertexMask
+
+from test_aps import LAYOUT, MESH, NOISE, exact_prior
+
+
+@pytest.fixture(scope="module")
+def field():
+    return GaussianRandomField(MESH, length_scale=1.0, num_modes=40, nugget=0.1, mean=0.5, variance=0.02)
+
+
+def identity_model(field, kind="mesh", blind=False):
+    torch.manual_seed(0)
+    config = APSConfig.preset("smoke")
+    flow = build_flow(kind, LAYOUT, blind, config, MESH.edge_index, gaussian_base=True)
+    return AmortizedPosteriorSampler(flow, exact_prior(field), NOISE, blind=blind, base=field)
+
+
+def measurement_of(field, count=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    truth = field.sample(count, generator).float()[..., None]
+    operator = RandomVertexMask(LAYOUT.num_vertices, LAYOUT.padded_vertices, 0.6, NOISE)
+    return measure_signals(operator, LAYOUT.pad(truth), generator)
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "mesh"])
+def test_identity_flow_samples_the_exact_gaussian_posterior(field, kind):
+    model = identity_model(field, kind)
+    measurement = measurement_of(field)
+    draws = model.sample_measurement(measurement, 4000, torch.Generator().manual_seed(1))[..., : LAYOUT.num_vertices, 0]
+    exact = field.posterior(measurement.y[:, : LAYOUT.num_vertices, 0], measurement.observed[:, : LAYOUT.num_vertices],
+                            NOISE)
+    std = exact.std.float()
+    assert (draws.mean(0) - exact.mean.float()).abs().div(std).max() < 0.1  # 4000 draws: s.e. ≈ 0.016 std
+    np.testing.assert_allclose(draws.std(0) / std, 1.0, atol=0.08)
+
+
+def test_log_det_adds_the_base_log_scale(field):
+    model = identity_model(field)
+    measurement = measurement_of(field)
+    moments = model.base_moments(measurement)
+    z = torch.randn(len(measurement), model.flow.dim)
+    x, log_det = model.generate(measurement, z)
+    _, flow_log_det = model.flow(z, model.condition(measurement, moments))
+    torch.testing.assert_close(log_det, flow_log_det + torch.log(moments[1]).flatten(1).sum(1))
+    torch.testing.assert_close(x[:, : LAYOUT.num_vertices], moments[0] + moments[1] * z.reshape(moments[0].shape),
+                               atol=1e-5, rtol=1e-5)
+    assert (x[:, LAYOUT.num_vertices:] == 0).all()
+
+
+def test_blind_base_uses_the_prior_moments(field):
+    model = identity_model(field, blind=True)
+    mean, std = model.base_moments(measurement_of(field))
+    torch.testing.assert_close(mean[0, :, 0], field.mean.float())
+    torch.testing.assert_close(std[0, :, 0], field.pointwise_variance().sqrt().float())
+
+
+def test_base_is_saved_and_loaded(field, tmp_path):
+    model = identity_model(field)
+    model.save(tmp_path / "m.pt")
+    loaded = AmortizedPosteriorSampler.load(tmp_path / "m.pt")
+    torch.testing.assert_close(loaded.base.modes, field.modes)
+    measurement = measurement_of(field)
+    torch.testing.assert_close(loaded.sample_measurement(measurement, 3, torch.Generator().manual_seed(2)),
+                               model.sample_measurement(measurement, 3, torch.Generator().manual_seed(2)))
+
+
+def test_fit_gaussian_base_chooses_a_rank_on_held_out_signals(field):
+    signals = field.sample(200, torch.Generator().manual_seed(3)).float()[..., None]
+    operator = RandomVertexMask(LAYOUT.num_vertices, LAYOUT.padded_vertices, 0.6, NOISE)
+    base = fit_gaussian_base(signals, operator)
+    assert 4 <= base.rank <= 128 and base.dim == LAYOUT.num_vertices
+    torch.testing.assert_close(base.mean, signals[..., 0].double().mean(0))
+    with pytest.warns(UserWarning, match="no Gaussian base"):
+        assert fit_gaussian_base(signals[:5], operator) is None
+
+
+def test_fit_without_base_trains_a_plain_flow(field):
+    signals = field.sample(16, torch.Generator().manual_seed(4)).float().numpy()
+    model = aps.fit(MESH, signals, noise_std=NOISE, prior=exact_prior(field), scale="smoke", progress=False,
+                    iterations=2, gaussian_base=False)
+    assert model.base is None

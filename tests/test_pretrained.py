@@ -1,0 +1,64 @@
+"""Shipped models: export writes a compact prior + prior-less samplers + card; loading restores them."""
+
+import pytest
+import torch
+
+import manifold_aps as aps
+from manifold_aps import pretrained
+from manifold_aps.checkpoint import CheckpointError
+from manifold_aps.diffusion import DiffusionPrior, build_network
+
+from test_aps import LAYOUT, MESH, NOISE
+from test_gaussian_base import measurement_of
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from manifold_aps.data.gaussian_fields import GaussianRandomField
+
+    field = GaussianRandomField(MESH, length_scale=1.0, num_modes=40, nugget=0.1, mean=0.5, variance=0.02)
+    torch.manual_seed(0)
+    prior = DiffusionPrior(build_network("mlp", LAYOUT, width=64, depth=2), LAYOUT)
+    signals = field.sample(32, torch.Generator().manual_seed(0)).float().numpy()
+    model = aps.fit(MESH, signals, noise_std=NOISE, prior=prior, scale="smoke", progress=False, iterations=3)
+    return field, prior, model
+
+
+def test_export_and_load_round_trip(trained, tmp_path):
+    field, prior, model = trained
+    written = pretrained.export("grf", prior, {"aps": model}, "# card\n", folder=tmp_path)
+    assert [p.name for p in written] == ["grf_prior.pt", "grf_aps.pt", "grf.md"]
+    assert pretrained.available(tmp_path) == ["grf"]
+    assert pretrained.model_card("grf", tmp_path) == "# card\n"
+    loaded = pretrained.load_sampler("grf", folder=tmp_path)
+    measurement = measurement_of(field)
+    draws = loaded.sample_measurement(measurement, 8, torch.Generator().manual_seed(1))
+    reference = model.sample_measurement(measurement, 8, torch.Generator().manual_seed(1))
+    assert (draws - reference).abs().max() < 0.02  # float16 storage of the large weights only
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    loaded_prior = pretrained.load_prior("grf", tmp_path)
+    x = torch.rand(4, LAYOUT.padded_vertices)
+    t = torch.full((4,), 0.3)
+    assert (loaded_prior.network(x, t) - prior.network(x, t)).abs().max() < 0.02
+
+
+def test_missing_and_mismatched_models_are_named(trained, tmp_path):
+    field, prior, model = trained
+    with pytest.raises(FileNotFoundError, match="no shipped model 'grf_blind'"):
+        pretrained.export("grf", prior, {"aps": model}, "card", folder=tmp_path)
+        pretrained.load_sampler("grf", blind=True, folder=tmp_path)
+    other = DiffusionPrior(build_network("mlp", LAYOUT, width=64, depth=2), LAYOUT)
+    with pytest.raises(ValueError, match="different prior"):
+        pretrained.export("grf", other, {"aps": model}, "card", folder=tmp_path / "x")
+    with pytest.raises(ValueError, match="'aps' and/or 'blind'"):
+        pretrained.export("grf", prior, {"known": model}, "card", folder=tmp_path / "y")
+    (tmp_path / "grf_aps.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        pretrained.load_sampler("grf", folder=tmp_path)
+
+
+def test_shipped_models_load():
+    for name in pretrained.available():
+        task, blind = name.removesuffix("_blind"), name.endswith("_blind")
+        model = pretrained.load_sampler(task, blind=blind)
+        assert model.blind == blind and pretrained.model_card(task).startswith("#")
