@@ -26,7 +26,7 @@ from manifold_aps.gaussian_posterior import optimal_interpolation
 from manifold_aps.metrics import crps, interval_coverage, mse, psnr, ssim
 from manifold_aps.operators import Measurement, RandomVertexMask
 
-__all__ = ["measure", "score", "run_methods", "environment", "write_results"]
+__all__ = ["measure", "score", "run_methods", "blind_sweep", "environment", "write_results"]
 
 
 def measure(signals: torch.Tensor, layout, hidden_fraction: float, noise_std: float, seed: int) -> Measurement:
@@ -120,6 +120,22 @@ def run_methods(layout, mesh, truth, measurement, noise_std: float, prior=None, 
     return rows
 
 
+def blind_sweep(layout, mesh, truth, blind_model, known_model, noise_std: float, train_signals, validation,
+                rates=(0.3, 0.4, 0.5, 0.6), seed: int = 0, grid_shape=None, log=print) -> list[dict]:
+    """Blind imputation at several hidden rates (paper Fig. 7): the blind sampler sees ``y`` only;
+    known-operator APS and optimal interpolation are given the mask. Rows carry ``hidden_fraction``."""
+    rows = []
+    for index, rate in enumerate(rates):
+        log(f"--- blind sweep: {100 * rate:.0f}% hidden")
+        measurement = measure(truth, layout, rate, noise_std, seed + 100 + index)
+        for prefix, model, methods in (("aps_blind", blind_model, ("aps",)), ("aps", known_model, ("aps", "oi"))):
+            for row in run_methods(layout, mesh, truth, measurement, noise_std, aps_model=model, train_signals=train_signals,
+                                   validation=validation, methods=methods, grid_shape=grid_shape, seed=seed, log=log):
+                row["method"] = row["method"].replace("aps", prefix, 1)
+                rows.append(dict(row, hidden_fraction=rate))
+    return rows
+
+
 def environment(device: str = "cpu") -> dict:
     """Machine, device, threads, date and commit for a results file."""
     try:
@@ -139,7 +155,7 @@ def write_results(results: dict, stem) -> tuple[Path, Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    columns = ["method", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps", "seconds_per_measurement", "nfe",
+    columns = ["method", "hidden_fraction", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps", "seconds_per_measurement", "nfe",
                "n_measurements"]
     lines = [f"# {results['task']} ({results['scale']} scale)", "",
              f"- data: {results['data']}", f"- command: `{results.get('command', '')}`",
@@ -168,7 +184,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--diffusion-steps", type=int, default=None, help="DPS/MCG steps (default 1000; smoke 50)")
     parser.add_argument("--diffusion-samples", type=int, default=4)
     parser.add_argument("--step-size", type=float, default=1.0, help="DPS/MCG guidance scale")
-    parser.add_argument("--methods", default="aps,dps,mcg,harmonic,oi")
+    parser.add_argument("--methods", default="aps,dps,mcg,harmonic,oi,blind",
+                        help="comma-separated; 'blind' runs the blind sweep when --from-checkpoint DIR holds "
+                             "<task>_blind_aps_<scale>.pt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"))
@@ -211,8 +229,13 @@ def train_or_load(task, args, network: str = "mlp", network_config: dict | None 
 
 
 def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, model=None, train_seconds=None,
-                  log=print) -> dict:
-    """Measure the task's test split (and its extra test sets) and score every method; write results."""
+                  log=print, extra: dict | None = None) -> dict:
+    """Measure the task's test split (and its extra test sets) and score every method; write results.
+
+    A ``model`` passed in (with its ``prior`` and ``train_seconds``) is used as is instead of
+    ``train_or_load``; ``extra`` holds further top-level entries for the results file (its
+    ``notes`` list, if any, starts the file's notes).
+    """
     torch.set_num_threads(args.threads)
     defaults = SCALE_DEFAULTS[args.scale]
     if model is None:
@@ -233,10 +256,18 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
                                      train_signals=train_for_oi, validation=validation, methods=methods,
                                      diffusion_samples=args.diffusion_samples, diffusion_steps=steps,
                                      step_size=args.step_size, grid_shape=grid_shape, exact=exact, seed=args.seed, log=log)
+    blind_path = Path(args.from_checkpoint or ".") / f"{task.name}_blind_aps_{args.scale}.pt"
+    if args.from_checkpoint and blind_path.exists() and "blind" in methods:
+        from manifold_aps.aps import AmortizedPosteriorSampler
+
+        sections["blind_sweep"] = blind_sweep(layout, task.mesh, task.test[:count], AmortizedPosteriorSampler.load(blind_path),
+                                              model, task.noise_std, train_for_oi, validation, seed=args.seed,
+                                              grid_shape=grid_shape, log=log)
     results = dict(task=task.name, scale=args.scale, data=task.data_label, **environment(),
                    train_seconds=train_seconds, command="python " + " ".join(argv),
                    hidden_fraction=task.hidden_fraction, noise_std=task.noise_std, sections=sections,
                    rows=sections["test"], notes=[])
+    results.update(extra or {})
     rows = {row["method"]: row for row in sections["test"]}
     if train_seconds and "aps_n1" in rows and "dps" in rows:
         # per posterior sample: one APS draw vs one DPS draw (DPS ran diffusion_samples draws per measurement)

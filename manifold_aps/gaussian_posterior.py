@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LowRankGaussian", "GaussianPosterior", "fit_ppca", "optimal_interpolation"]
+__all__ = ["LowRankGaussian", "GaussianPosterior", "GaussianRoot", "square_root", "fit_ppca", "optimal_interpolation"]
 
 
 @dataclass
@@ -42,6 +42,52 @@ class GaussianPosterior:
     def squeeze(self) -> "GaussianPosterior":
         covariance = None if self.covariance is None else self.covariance[0]
         return GaussianPosterior(self.mean[0], self.std[0], covariance)
+
+
+@dataclass
+class GaussianRoot:
+    """Gaussians ``N(mean, Σ)`` in square-root form, one per row of the batch:
+
+        x = mean + scale ⊙ (u + E (Eᵀ u)),   u ~ N(0, I),   log|det ∂x/∂u| = Σ log scale + log det(I_r + EᵀE)
+
+    with ``mean, scale`` ``(B, D)`` and ``directions`` ``E`` ``(B, D, r)``; built by :func:`square_root`.
+    """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    directions: torch.Tensor
+
+    def transform(self, u: torch.Tensor) -> torch.Tensor:
+        """``u`` ``(..., B, D)`` → ``x`` of the same shape."""
+        E = self.directions
+        return self.mean + self.scale * (u + torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, u)))
+
+    def log_det(self) -> torch.Tensor:
+        """``log|det ∂x/∂u|`` ``(B,)``."""
+        E = self.directions
+        gram = torch.eye(E.shape[-1], dtype=E.dtype, device=E.device) + E.transpose(1, 2) @ E
+        return torch.log(self.scale).sum(dim=-1) + 2 * torch.log(torch.diagonal(torch.linalg.cholesky(gram), dim1=1, dim2=2)).sum(-1)
+
+
+def square_root(mean: torch.Tensor, factor: torch.Tensor, diagonal: torch.Tensor, rank: int) -> GaussianRoot:
+    """Symmetric square root of ``Σ = diag(diagonal) + A Aᵀ`` (``A`` = ``factor`` ``(B, D, k)``),
+    keeping the ``rank`` leading directions of ``A Aᵀ`` exactly and every marginal variance exactly.
+
+    ``F`` = the best rank-``r`` part of ``A``; ``scale² = diagonal + rowsum(A²) − rowsum(F²)``;
+    with ``B = F / scale``, ``BᵀB = U diag(λ) Uᵀ`` and ``E = B U diag(1 / (1 + √(1 + λ)))^{1/2}``,
+    ``(I + E Eᵀ)² = I + B Bᵀ``, so ``x`` of :class:`GaussianRoot` has covariance ``diag(scale²) + F Fᵀ``,
+    and ``log det(I + E Eᵀ) = ½ Σ log(1 + λ)``.
+    """
+    gram = factor.transpose(1, 2) @ factor
+    _, vectors = torch.linalg.eigh(gram)  # ascending
+    leading = factor @ vectors[..., factor.shape[-1] - min(rank, factor.shape[-1]):]  # rank 0: diagonal only
+    residual = ((factor**2).sum(-1) - (leading**2).sum(-1)).clamp_min(0)
+    scale = (diagonal + residual).sqrt()
+    whitened = leading / scale[..., None]
+    values, rotation = torch.linalg.eigh(whitened.transpose(1, 2) @ whitened)
+    values = values.clamp_min(0)
+    directions = (whitened @ rotation) * (1.0 / (1.0 + torch.sqrt(1.0 + values))).sqrt()[:, None, :]
+    return GaussianRoot(mean, scale, directions)
 
 
 class LowRankGaussian:
@@ -134,8 +180,31 @@ class LowRankGaussian:
 
     BLOCK = 16  # measurements per block: bounds the (block, k, D) work array
 
-    def _posterior_block(self, y, observed, noise_variance: float, full_covariance: bool):
-        """Posterior mean, variance (and covariance) of a few measurements (formulas above)."""
+    def root(self, rank: int) -> GaussianRoot:
+        """This Gaussian in :class:`GaussianRoot` form (batch of one), ``rank`` directions kept."""
+        factor = (self.modes * self.spectrum.sqrt())[None]
+        return square_root(self.mean[None], factor, torch.full((1, self.dim), self.nugget_variance, dtype=torch.float64),
+                           rank)
+
+    def posterior_root(self, y, observed, noise_std: float, rank: int) -> GaussianRoot:
+        """The exact posterior (as :meth:`posterior`, ``(B, D)`` inputs) in :class:`GaussianRoot`
+        form with the ``rank`` leading directions of its low-rank part (marginals exact)."""
+        y = torch.as_tensor(y, dtype=torch.float64)
+        observed = torch.as_tensor(observed).bool()
+        if y.dim() != 2 or observed.shape != y.shape or y.shape[1] != self.dim:
+            raise ValueError(f"y and observed must be (B, {self.dim}), got {tuple(y.shape)} and {tuple(observed.shape)}")
+        noise_variance = float(noise_std) ** 2
+        if not noise_variance + self.nugget_variance > 0:
+            raise ValueError("need noise_std > 0 or a positive nugget: a noise-free, nugget-free posterior is degenerate")
+        roots = []
+        for i in range(0, y.shape[0], self.BLOCK):
+            mean, diagonal, factor = self._posterior_parts(y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_variance)
+            roots.append(square_root(mean, factor, diagonal, rank))
+        return GaussianRoot(*(torch.cat([getattr(r, name) for r in roots]) for name in
+                              ("mean", "scale", "directions")))
+
+    def _posterior_parts(self, y, observed, noise_variance: float):
+        """Posterior mean, diagonal ``d`` and factor ``A = W Φ chol(P)`` ``(B, D, k)`` (Σ_post = diag(d) + A Aᵀ)."""
         nugget = self.nugget_variance
         total = noise_variance + nugget
         mask = observed.to(torch.float64)
@@ -149,11 +218,13 @@ class LowRankGaussian:
         projected = torch.cholesky_solve((residual / total @ modes)[..., None], cholesky)[..., 0]
         mean = self.mean + mask * residual * (nugget / total) + weights * (projected @ modes.T)
         whitened = torch.linalg.solve_triangular(cholesky, modes.T.expand(y.shape[0], -1, -1), upper=False)
-        variance = diagonal + weights**2 * (whitened**2).sum(dim=1)
-        covariance = None
-        if full_covariance:
-            weighted = whitened.transpose(1, 2) * weights[..., None]
-            covariance = weighted @ weighted.transpose(1, 2) + torch.diag_embed(diagonal)
+        return mean, diagonal, whitened.transpose(1, 2) * weights[..., None]
+
+    def _posterior_block(self, y, observed, noise_variance: float, full_covariance: bool):
+        """Posterior mean, variance (and covariance) of a few measurements (formulas above)."""
+        mean, diagonal, factor = self._posterior_parts(y, observed, noise_variance)
+        variance = diagonal + (factor**2).sum(dim=-1)
+        covariance = factor @ factor.transpose(1, 2) + torch.diag_embed(diagonal) if full_covariance else None
         return mean, variance, covariance
 
 

@@ -18,11 +18,11 @@ def field():
     return GaussianRandomField(MESH, length_scale=1.0, num_modes=40, nugget=0.1, mean=0.5, variance=0.02)
 
 
-def identity_model(field, kind="mesh", blind=False):
+def identity_model(field, kind="mesh", blind=False, base_rank=64):
     torch.manual_seed(0)
     config = APSConfig.preset("smoke")
     flow = build_flow(kind, LAYOUT, blind, config, MESH.edge_index, gaussian_base=True)
-    return AmortizedPosteriorSampler(flow, exact_prior(field), NOISE, blind=blind, base=field)
+    return AmortizedPosteriorSampler(flow, exact_prior(field), NOISE, blind=blind, base=field, base_rank=base_rank)
 
 
 def measurement_of(field, count=3, seed=0):
@@ -42,26 +42,33 @@ def test_identity_flow_samples_the_exact_gaussian_posterior(field, kind):
     std = exact.std.float()
     assert (draws.mean(0) - exact.mean.float()).abs().div(std).max() < 0.1  # 4000 draws: s.e. ≈ 0.016 std
     np.testing.assert_allclose(draws.std(0) / std, 1.0, atol=0.08)
+    full = field.posterior(measurement.y[0, : LAYOUT.num_vertices, 0], measurement.observed[0, : LAYOUT.num_vertices],
+                           NOISE, full_covariance=True).covariance.float()
+    centred = draws[:, 0] - draws[:, 0].mean(0)
+    empirical = centred.T @ centred / (len(draws) - 1)
+    correlation = torch.outer(full.diagonal().rsqrt(), full.diagonal().rsqrt())
+    assert ((empirical - full) * correlation).abs().max() < 0.12  # correlations kept, not only marginals
 
 
-def test_log_det_adds_the_base_log_scale(field):
+def test_log_det_adds_the_base_log_det(field):
     model = identity_model(field)
     measurement = measurement_of(field)
-    moments = model.base_moments(measurement)
+    root = model.base_root(measurement)
     z = torch.randn(len(measurement), model.flow.dim)
     x, log_det = model.generate(measurement, z)
-    _, flow_log_det = model.flow(z, model.condition(measurement, moments))
-    torch.testing.assert_close(log_det, flow_log_det + torch.log(moments[1]).flatten(1).sum(1))
-    torch.testing.assert_close(x[:, : LAYOUT.num_vertices], moments[0] + moments[1] * z.reshape(moments[0].shape),
-                               atol=1e-5, rtol=1e-5)
+    _, flow_log_det = model.flow(z, model.condition(measurement, root))
+    torch.testing.assert_close(log_det, flow_log_det + root.log_det())
+    torch.testing.assert_close(x[:, : LAYOUT.num_vertices, 0], root.transform(z), atol=1e-5, rtol=1e-5)
     assert (x[:, LAYOUT.num_vertices:] == 0).all()
 
 
-def test_blind_base_uses_the_prior_moments(field):
+def test_blind_base_is_the_fitted_prior(field):
     model = identity_model(field, blind=True)
-    mean, std = model.base_moments(measurement_of(field))
-    torch.testing.assert_close(mean[0, :, 0], field.mean.float())
-    torch.testing.assert_close(std[0, :, 0], field.pointwise_variance().sqrt().float())
+    root = model.base_root(measurement_of(field))
+    torch.testing.assert_close(root.mean[0], field.mean.float())
+    L = root.scale[0, :, None].double() * (torch.eye(field.dim, dtype=torch.float64)
+                                            + (root.directions[0] @ root.directions[0].T).double())
+    torch.testing.assert_close(L @ L.T, field.covariance(), atol=1e-5, rtol=1e-4)
 
 
 def test_base_is_saved_and_loaded(field, tmp_path):

@@ -84,3 +84,31 @@ def test_low_rank_noise_predictor_equals_the_dense_one_with_padding():
     unpadded = GaussianNoisePredictor.from_low_rank(gaussian.mean, gaussian.modes, gaussian.spectrum, gaussian.nugget_variance)
     samples = gaussian.sample(4, generator)
     assert torch.allclose(unpadded.log_prob(samples), gaussian.log_prob(samples), atol=1e-8)
+
+
+@pytest.mark.parametrize("rank", [3, 40])
+def test_posterior_root_matches_the_dense_posterior(rank):
+    from manifold_aps.gaussian_posterior import LowRankGaussian
+
+    generator = torch.Generator().manual_seed(0)
+    D, k = 30, 6
+    prior = LowRankGaussian(torch.randn(D, generator=generator, dtype=torch.float64),
+                            torch.randn(D, k, generator=generator, dtype=torch.float64),
+                            torch.rand(k, generator=generator, dtype=torch.float64) + 0.5, 0.05)
+    y = torch.randn(2, D, generator=generator, dtype=torch.float64)
+    observed = torch.rand(2, D, generator=generator) < 0.5
+    exact = prior.posterior(y, observed, 0.1, full_covariance=True)
+    root = prior.posterior_root(y, observed, 0.1, rank)
+    eye = torch.eye(D, dtype=torch.float64)
+    L = root.scale[:, :, None] * (eye + root.directions @ root.directions.transpose(1, 2))  # x = mean + L u
+    covariance = L @ L.transpose(1, 2)
+    torch.testing.assert_close(root.mean, exact.mean)
+    torch.testing.assert_close(torch.diagonal(covariance, dim1=1, dim2=2), exact.std**2)  # marginals always exact
+    if rank >= k:
+        torch.testing.assert_close(covariance, exact.covariance)
+    torch.testing.assert_close(root.log_det(), torch.linalg.slogdet(L)[1])
+    u = torch.randn(5, 2, D, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(root.transform(u), root.mean + torch.einsum("bij,nbj->nbi", L, u))
+    prior_root = prior.root(k)
+    L0 = prior_root.scale[:, :, None] * (eye + prior_root.directions @ prior_root.directions.transpose(1, 2))
+    torch.testing.assert_close((L0 @ L0.transpose(1, 2))[0], prior.covariance())

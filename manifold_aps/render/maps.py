@@ -78,6 +78,8 @@ def plot_latlon_fields(fields: dict, latitude, longitude, path, projection: str 
     latitude, longitude = np.asarray(latitude, dtype=float), np.asarray(longitude, dtype=float)
     shape = (latitude.size, longitude.size)
     grids = {title: _grid(values, shape) for title, values in fields.items()}
+    if hidden is not None and "measurement" in grids:  # hidden entries are greyed: keep them out of the colour range
+        grids["measurement"] = np.where(np.asarray(hidden).reshape(shape), np.nan, grids["measurement"])
     value_grids = [g for t, g in grids.items() if t not in std_keys]
     if value_range is None and value_grids:
         value_range = (min(float(np.nanmin(g)) for g in value_grids), max(float(np.nanmax(g)) for g in value_grids))

@@ -74,7 +74,8 @@ def render_signals(mesh: Mesh, panels: list[list[tuple[str, np.ndarray | None, n
     import pyvista as pv
 
     rows, cols = len(panels), max(len(row) for row in panels)
-    values = [p[1] for row in panels for p in row if p[3] == "value" and p[1] is not None]
+    values = [p[1] if p[2] is None else np.asarray(p[1])[~np.asarray(p[2], dtype=bool)]  # hidden entries: not in the range
+              for row in panels for p in row if p[3] == "value" and p[1] is not None]
     stds = [p[1] for row in panels for p in row if p[3] == "std" and p[1] is not None]
     if value_range is None and values:
         value_range = (float(min(v.min() for v in values)), float(max(v.max() for v in values)))
