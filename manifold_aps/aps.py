@@ -280,7 +280,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             noise_std=self.noise_std, blind=self.blind, weights=dict(self.weights), num_times=self.num_times,
             prior=prior_payload(self.prior) if include_prior else None, report=dict(self.report),
             base=None if self.base is None else dict(
-                mean=self.base.mean, modes=self.base.modes, spectrum=self.base.spectrum,
+                mean=self.base.mean.clone(), modes=self.base.modes.clone(), spectrum=self.base.spectrum.clone(),  # no views
                 nugget_variance=self.base.nugget_variance, rank=self.base_rank),
         )
 

@@ -178,7 +178,8 @@ def add_arguments(parser) -> None:
     """Options shared by the benchmark scripts."""
     parser.add_argument("--scale", choices=("smoke", "cpu", "paper"), default="smoke")
     parser.add_argument("--from-checkpoint", metavar="DIR",
-                        help="load <task>_prior_<scale>.pt and <task>_aps_<scale>.pt from DIR instead of training")
+                        help="load <task>_prior_<scale>.pt and <task>_aps_<scale>.pt from DIR instead of training; "
+                             "'pretrained' loads the models shipped in manifold_aps.pretrained")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="where trained models are written")
     parser.add_argument("--n-measurements", type=int, default=None, help="test measurements (default by scale)")
     parser.add_argument("--diffusion-steps", type=int, default=None, help="DPS/MCG steps (default 1000; smoke 50)")
@@ -204,6 +205,11 @@ def train_or_load(task, args, network: str = "mlp", network_config: dict | None 
     from manifold_aps.signals import VertexLayout
 
     defaults = SCALE_DEFAULTS[args.scale]
+    if args.from_checkpoint == "pretrained":
+        from manifold_aps import pretrained
+
+        model = pretrained.load_sampler(task.name)
+        return model.prior, model, model.report.get("train_seconds")
     if args.from_checkpoint:
         folder = Path(args.from_checkpoint)
         prior = load_prior(folder / f"{task.name}_prior_{args.scale}.pt")
@@ -226,6 +232,17 @@ def train_or_load(task, args, network: str = "mlp", network_config: dict | None 
     model.save(folder / f"{task.name}_aps_{args.scale}.pt")
     log(f"trained prior and APS in {seconds:.0f} s")
     return prior, model, seconds
+
+
+def _blind_model(task, args):
+    """The blind sampler next to the loaded models (``--from-checkpoint``), or None."""
+    from manifold_aps import pretrained
+    from manifold_aps.aps import AmortizedPosteriorSampler
+
+    if args.from_checkpoint == "pretrained":
+        return pretrained.load_sampler(task.name, blind=True) if f"{task.name}_blind" in pretrained.available() else None
+    path = Path(args.from_checkpoint or ".") / f"{task.name}_blind_aps_{args.scale}.pt"
+    return AmortizedPosteriorSampler.load(path) if args.from_checkpoint and path.exists() else None
 
 
 def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, model=None, train_seconds=None,
@@ -256,13 +273,10 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
                                      train_signals=train_for_oi, validation=validation, methods=methods,
                                      diffusion_samples=args.diffusion_samples, diffusion_steps=steps,
                                      step_size=args.step_size, grid_shape=grid_shape, exact=exact, seed=args.seed, log=log)
-    blind_path = Path(args.from_checkpoint or ".") / f"{task.name}_blind_aps_{args.scale}.pt"
-    if args.from_checkpoint and blind_path.exists() and "blind" in methods:
-        from manifold_aps.aps import AmortizedPosteriorSampler
-
-        sections["blind_sweep"] = blind_sweep(layout, task.mesh, task.test[:count], AmortizedPosteriorSampler.load(blind_path),
-                                              model, task.noise_std, train_for_oi, validation, seed=args.seed,
-                                              grid_shape=grid_shape, log=log)
+    blind_model = _blind_model(task, args) if "blind" in methods else None
+    if blind_model is not None:
+        sections["blind_sweep"] = blind_sweep(layout, task.mesh, task.test[:count], blind_model, model, task.noise_std,
+                                              train_for_oi, validation, seed=args.seed, grid_shape=grid_shape, log=log)
     results = dict(task=task.name, scale=args.scale, data=task.data_label, **environment(),
                    train_seconds=train_seconds, command="python " + " ".join(argv),
                    hidden_fraction=task.hidden_fraction, noise_std=task.noise_std, sections=sections,

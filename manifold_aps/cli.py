@@ -151,7 +151,8 @@ def cmd_fit(args) -> int:
         mesh, signals, test = load_mesh(args.mesh), _read_signals(args.signals), None
         mask_rate, noise_std = args.mask_rate, args.noise_std
     prior = load_prior(args.prior) if args.prior else None
-    overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    overrides = {key: value for key, value in (("iterations", args.iterations), ("n_steps", args.n_steps),
+                                               ("hidden", args.hidden)) if value is not None}
     started = time.perf_counter()
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
@@ -277,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument("--scale", choices=("smoke", "cpu", "paper"), default="cpu")
     fitting.add_argument("--iterations", type=int)
     fitting.add_argument("--blind", action="store_true", help="unknown mask: train with rates in 30-60 %%")
+    fitting.add_argument("--n-steps", type=int, default=None, help="flow steps (default: the scale's preset)")
+    fitting.add_argument("--hidden", type=int, default=None, help="flow coupling width (default: the scale's preset)")
     fitting.add_argument("--base-rank", type=int, default=64,
                          help="largest rank of the Gaussian (optimal-interpolation) base of the flow")
     fitting.add_argument("--no-gaussian-base", action="store_true", help="train the flow from z alone (as the paper)")

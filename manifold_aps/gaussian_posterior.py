@@ -101,7 +101,7 @@ class LowRankGaussian:
     """
 
     def __init__(self, mean, modes, spectrum, nugget_variance: float = 0.0):
-        self.modes = torch.as_tensor(modes, dtype=torch.float64)
+        self.modes = torch.as_tensor(modes, dtype=torch.float64).contiguous()
         self.spectrum = torch.as_tensor(spectrum, dtype=torch.float64)
         mean = torch.as_tensor(mean, dtype=torch.float64)
         self.mean = mean.expand(self.modes.shape[0]).clone() if mean.dim() == 0 else mean

@@ -113,6 +113,9 @@ def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normaliz
             raise ValueError(f"the {key!r} sampler was trained against a different prior")
         payload = model.state_payload(include_prior=False)
         payload["flow_state"] = _compact(payload["flow_state"])
+        if payload.get("base") is not None:  # the Gaussian base in float32 (it is computed in float64 on load)
+            payload["base"] = {key: value.float() if isinstance(value, torch.Tensor) else value
+                               for key, value in payload["base"].items()}
         written.append(save_checkpoint(files[key], payload, kind="aps_model"))
     files["card"].write_text(card)
     written.append(files["card"])
