@@ -26,7 +26,7 @@ from manifold_aps.gaussian_posterior import optimal_interpolation
 from manifold_aps.metrics import crps, interval_coverage, mse, psnr, ssim
 from manifold_aps.operators import Measurement, RandomVertexMask
 
-__all__ = ["measure", "score", "run_methods", "blind_sweep", "environment", "write_results"]
+__all__ = ["measure", "score", "run_methods", "fit_oi", "blind_sweep", "environment", "write_results"]
 
 
 def measure(signals: torch.Tensor, layout, hidden_fraction: float, noise_std: float, seed: int) -> Measurement:
@@ -56,10 +56,11 @@ def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, gri
 def run_methods(layout, mesh, truth, measurement, noise_std: float, prior=None, aps_model=None, train_signals=None,
                 validation=None, methods=("aps", "dps", "mcg", "harmonic", "oi"), diffusion_samples: int = 4,
                 diffusion_steps: int = 1000, step_size: float = 1.0, grid_shape=None, exact=None,
-                seed: int = 0, log=print) -> list[dict]:
+                seed: int = 0, log=print, oi=None) -> list[dict]:
     """Score ``methods`` on one set of measurements of the unpadded ``truth`` ``(N, V, C)``.
 
-    ``validation`` = ``(signals, Measurement)`` chooses the OI rank; ``exact`` = a
+    ``validation`` = ``(signals, Measurement)`` chooses the OI rank (or pass ``oi``, the result of
+    :func:`fit_oi`, to reuse one fit); ``exact`` = a
     :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` adds the ``exact`` row.
     """
     count, V, C = truth.shape
@@ -96,14 +97,8 @@ def run_methods(layout, mesh, truth, measurement, noise_std: float, prior=None, 
         started = time.perf_counter()
         filled = harmonic_interpolation(mesh, y, observed)
         add("harmonic", torch.as_tensor(filled, dtype=torch.float32), time.perf_counter() - started, 0)
-    if "oi" in methods and train_signals is not None and validation is not None:
-        val_signals, val_measurement = validation
-        started = time.perf_counter()
-        gaussian, ranks = optimal_interpolation(train_signals.reshape(len(train_signals), -1),
-                                                (layout.unpad(val_measurement.y).reshape(len(val_signals), -1),
-                                                 val_measurement.observed[:, :V].repeat_interleave(C, dim=1)),
-                                                val_signals.reshape(len(val_signals), -1), operator.noise_std)
-        fit_seconds = time.perf_counter() - started
+    if "oi" in methods and (oi is not None or (train_signals is not None and validation is not None)):
+        gaussian, ranks, fit_seconds = oi or fit_oi(layout, train_signals, validation, noise_std)
         started = time.perf_counter()
         posterior = gaussian.posterior(y.reshape(count, -1), observed.repeat_interleave(C, dim=1), operator.noise_std)
         mean = posterior.mean.reshape(count, V, C).float()
@@ -120,17 +115,32 @@ def run_methods(layout, mesh, truth, measurement, noise_std: float, prior=None, 
     return rows
 
 
+def fit_oi(layout, train_signals, validation, noise_std: float):
+    """Optimal interpolation fitted to ``train_signals`` ``(N, V, C)``, rank chosen on ``validation``
+    = ``(signals, Measurement)``: ``(LowRankGaussian, {rank: score}, fit seconds)``."""
+    val_signals, val_measurement = validation
+    V, C = layout.num_vertices, layout.num_channels
+    started = time.perf_counter()
+    gaussian, ranks = optimal_interpolation(train_signals.reshape(len(train_signals), -1),
+                                            (layout.unpad(val_measurement.y).reshape(len(val_signals), -1),
+                                             val_measurement.observed[:, :V].repeat_interleave(C, dim=1)),
+                                            val_signals.reshape(len(val_signals), -1), noise_std)
+    return gaussian, ranks, time.perf_counter() - started
+
+
 def blind_sweep(layout, mesh, truth, blind_model, known_model, noise_std: float, train_signals, validation,
-                rates=(0.3, 0.4, 0.5, 0.6), seed: int = 0, grid_shape=None, log=print) -> list[dict]:
+                rates=(0.3, 0.4, 0.5, 0.6), seed: int = 0, grid_shape=None, log=print, oi=None) -> list[dict]:
     """Blind imputation at several hidden rates (paper Fig. 7): the blind sampler sees ``y`` only;
     known-operator APS and optimal interpolation are given the mask. Rows carry ``hidden_fraction``."""
     rows = []
+    oi = oi or fit_oi(layout, train_signals, validation, noise_std)
     for index, rate in enumerate(rates):
         log(f"--- blind sweep: {100 * rate:.0f}% hidden")
         measurement = measure(truth, layout, rate, noise_std, seed + 100 + index)
         for prefix, model, methods in (("aps_blind", blind_model, ("aps",)), ("aps", known_model, ("aps", "oi"))):
             for row in run_methods(layout, mesh, truth, measurement, noise_std, aps_model=model, train_signals=train_signals,
-                                   validation=validation, methods=methods, grid_shape=grid_shape, seed=seed, log=log):
+                                   validation=validation, methods=methods, grid_shape=grid_shape, seed=seed, log=log,
+                                   oi=oi):
                 row["method"] = row["method"].replace("aps", prefix, 1)
                 rows.append(dict(row, hidden_fraction=rate))
     return rows
@@ -265,6 +275,8 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
     validation = (validation_signals, measure(validation_signals, layout, task.hidden_fraction, task.noise_std, args.seed + 1))
     train_for_oi = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
     sections = {}
+    blind_model = _blind_model(task, args) if "blind" in methods else None
+    oi = fit_oi(layout, train_for_oi, validation, task.noise_std) if "oi" in methods or blind_model is not None else None
     test_sets = {"test": task.test[:count], **{name: signals[:count] for name, signals in task.extra_test.items()}}
     for name, truth in test_sets.items():
         log(f"--- {name}: {len(truth)} measurements, {100 * task.hidden_fraction:.0f}% hidden, σ {task.noise_std}")
@@ -272,11 +284,12 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
         sections[name] = run_methods(layout, task.mesh, truth, measurement, task.noise_std, prior=prior, aps_model=model,
                                      train_signals=train_for_oi, validation=validation, methods=methods,
                                      diffusion_samples=args.diffusion_samples, diffusion_steps=steps,
-                                     step_size=args.step_size, grid_shape=grid_shape, exact=exact, seed=args.seed, log=log)
-    blind_model = _blind_model(task, args) if "blind" in methods else None
+                                     step_size=args.step_size, grid_shape=grid_shape, exact=exact, seed=args.seed, log=log,
+                                     oi=oi)
     if blind_model is not None:
         sections["blind_sweep"] = blind_sweep(layout, task.mesh, task.test[:count], blind_model, model, task.noise_std,
-                                              train_for_oi, validation, seed=args.seed, grid_shape=grid_shape, log=log)
+                                              train_for_oi, validation, seed=args.seed, grid_shape=grid_shape, log=log,
+                                              oi=oi)
     results = dict(task=task.name, scale=args.scale, data=task.data_label, **environment(),
                    train_seconds=train_seconds, command="python " + " ".join(argv),
                    hidden_fraction=task.hidden_fraction, noise_std=task.noise_std, sections=sections,

@@ -159,23 +159,15 @@ class LowRankGaussian:
             noise_std: ``σ ≥ 0`` (σ = 0 needs a positive nugget).
             full_covariance: also return ``(B, D, D)`` covariances (small ``D`` only).
         """
-        y = torch.as_tensor(y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y), dtype=torch.float64)
-        observed = torch.as_tensor(observed.detach().cpu() if isinstance(observed, torch.Tensor) else np.asarray(observed))
-        unbatched = y.dim() == 1
-        y, observed = torch.atleast_2d(y), torch.atleast_2d(observed).to(torch.bool)
-        if observed.shape[0] == 1 and y.shape[0] > 1:
-            observed = observed.expand(y.shape[0], -1)
-        if y.shape[-1] != self.dim or observed.shape != y.shape:
-            raise ValueError(f"y {tuple(y.shape)} and observed {tuple(observed.shape)} must be (D,) or (B, D) with D={self.dim} (vertices × channels)")
-        noise_variance = float(noise_std) ** 2
-        nugget = self.nugget_variance
-        total = noise_variance + nugget
-        if not math.isfinite(noise_variance) or total <= 0:
-            raise ValueError("need noise_std > 0 or a positive nugget: a noise-free, nugget-free posterior is degenerate")
-        chunks = [self._posterior_block(y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_variance, full_covariance)
-                  for i in range(0, y.shape[0], self.BLOCK)]
-        covariance = torch.cat([c[2] for c in chunks]) if full_covariance else None
-        result = GaussianPosterior(torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]).sqrt(), covariance)
+        unbatched = np.ndim(y) == 1
+        means, variances, covariances = [], [], []
+        for mean, diagonal, factor in self._parts_in_blocks(y, observed, noise_std):
+            means.append(mean)
+            variances.append(diagonal + (factor**2).sum(dim=-1))
+            if full_covariance:
+                covariances.append(factor @ factor.transpose(1, 2) + torch.diag_embed(diagonal))
+        result = GaussianPosterior(torch.cat(means), torch.cat(variances).sqrt(),
+                                   torch.cat(covariances) if full_covariance else None)
         return result.squeeze() if unbatched else result
 
     BLOCK = 16  # measurements per block: bounds the (block, k, D) work array
@@ -189,19 +181,25 @@ class LowRankGaussian:
     def posterior_root(self, y, observed, noise_std: float, rank: int) -> GaussianRoot:
         """The exact posterior (as :meth:`posterior`, ``(B, D)`` inputs) in :class:`GaussianRoot`
         form with the ``rank`` leading directions of its low-rank part (marginals exact)."""
-        y = torch.as_tensor(y, dtype=torch.float64)
-        observed = torch.as_tensor(observed).bool()
-        if y.dim() != 2 or observed.shape != y.shape or y.shape[1] != self.dim:
-            raise ValueError(f"y and observed must be (B, {self.dim}), got {tuple(y.shape)} and {tuple(observed.shape)}")
-        noise_variance = float(noise_std) ** 2
-        if not noise_variance + self.nugget_variance > 0:
-            raise ValueError("need noise_std > 0 or a positive nugget: a noise-free, nugget-free posterior is degenerate")
-        roots = []
-        for i in range(0, y.shape[0], self.BLOCK):
-            mean, diagonal, factor = self._posterior_parts(y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_variance)
-            roots.append(square_root(mean, factor, diagonal, rank))
+        roots = [square_root(mean, factor, diagonal, rank)
+                 for mean, diagonal, factor in self._parts_in_blocks(y, observed, noise_std)]
         return GaussianRoot(*(torch.cat([getattr(r, name) for r in roots]) for name in
                               ("mean", "scale", "directions")))
+
+    def _parts_in_blocks(self, y, observed, noise_std: float):
+        """Check and batch the inputs of :meth:`posterior`; yield :meth:`_posterior_parts` per block."""
+        y = torch.as_tensor(y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y), dtype=torch.float64)
+        observed = torch.as_tensor(observed.detach().cpu() if isinstance(observed, torch.Tensor) else np.asarray(observed))
+        y, observed = torch.atleast_2d(y), torch.atleast_2d(observed).to(torch.bool)
+        if observed.shape[0] == 1 and y.shape[0] > 1:
+            observed = observed.expand(y.shape[0], -1)
+        if y.shape[-1] != self.dim or observed.shape != y.shape:
+            raise ValueError(f"y {tuple(y.shape)} and observed {tuple(observed.shape)} must be (D,) or (B, D) with D={self.dim} (vertices × channels)")
+        noise_variance = float(noise_std) ** 2
+        if not math.isfinite(noise_variance) or noise_variance + self.nugget_variance <= 0:
+            raise ValueError("need noise_std > 0 or a positive nugget: a noise-free, nugget-free posterior is degenerate")
+        for i in range(0, y.shape[0], self.BLOCK):
+            yield self._posterior_parts(y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_variance)
 
     def _posterior_parts(self, y, observed, noise_variance: float):
         """Posterior mean, diagonal ``d`` and factor ``A = W Φ chol(P)`` ``(B, D, k)`` (Σ_post = diag(d) + A Aᵀ)."""
@@ -219,13 +217,6 @@ class LowRankGaussian:
         mean = self.mean + mask * residual * (nugget / total) + weights * (projected @ modes.T)
         whitened = torch.linalg.solve_triangular(cholesky, modes.T.expand(y.shape[0], -1, -1), upper=False)
         return mean, diagonal, whitened.transpose(1, 2) * weights[..., None]
-
-    def _posterior_block(self, y, observed, noise_variance: float, full_covariance: bool):
-        """Posterior mean, variance (and covariance) of a few measurements (formulas above)."""
-        mean, diagonal, factor = self._posterior_parts(y, observed, noise_variance)
-        variance = diagonal + (factor**2).sum(dim=-1)
-        covariance = factor @ factor.transpose(1, 2) + torch.diag_embed(diagonal) if full_covariance else None
-        return mean, variance, covariance
 
 
 def _as_matrix(signals) -> torch.Tensor:
