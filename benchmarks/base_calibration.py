@@ -18,9 +18,11 @@ import itertools
 
 import torch
 
-from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, build_flow, fit_gaussian_base, measure_signals, train_aps
+from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, condition_channels, train_aps
 from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.diffusion import exact_gaussian_prior
+from manifold_aps.flows import build_flow
+from manifold_aps.gaussian_posterior import fit_gaussian_base
 from manifold_aps.mesh import torus
 from manifold_aps.metrics import interval_coverage, psnr
 from manifold_aps.operators import RandomVertexMask
@@ -55,10 +57,10 @@ def run(base_rank: int | None, prior_term: str, iterations: int, seed: int = 1) 
     base = fit_gaussian_base(train, operator, seed, ranks=(8, 16, 32, 64, 128))
     config = APSConfig.preset("smoke", iterations=iterations, seed=seed)
     torch.manual_seed(seed)
-    model = AmortizedPosteriorSampler(build_flow("realnvp", layout, False, config, gaussian_base=True), prior, 0.05,
-                                      base=base, base_rank=base_rank)
-    measurements = measure_signals(operator, layout.pad(train), generator)
-    test_measurement = measure_signals(operator, layout.pad(test), torch.Generator().manual_seed(seed + 1))
+    flow = build_flow("realnvp", layout, condition_channels(layout, blind=False, gaussian_base=True), **config.flow_shape())
+    model = AmortizedPosteriorSampler(flow, prior, operator, base=base, base_rank=base_rank)
+    measurements = operator(layout.pad(train), generator)
+    test_measurement = operator(layout.pad(test), torch.Generator().manual_seed(seed + 1))
     exact = field.posterior(test_measurement.y[:, : layout.num_vertices, 0],
                             test_measurement.observed[:, : layout.num_vertices], 0.05)
     hidden = ~test_measurement.observed[:, : layout.num_vertices]

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from manifold_aps import pretrained
-from manifold_aps.benchmark import measure, score
+from manifold_aps.benchmark import score
 from manifold_aps.tasks import load_task
 
 if __name__ == "__main__":
@@ -27,7 +27,7 @@ if __name__ == "__main__":
             **{name: signals[: args.n_measurements] for name, signals in task.extra_test.items()}}
     grid = (46, 90) if args.task.startswith("era5") else None
     for name, truth in sets.items():
-        measurement = measure(truth, layout, task.hidden_fraction, task.noise_std, 0)
+        measurement = task.operator(layout.pad(truth), generator=torch.Generator().manual_seed(0))
         hidden = ~measurement.observed[:, :V]
         root = model.base_root(measurement)
         generator = torch.Generator().manual_seed(0)

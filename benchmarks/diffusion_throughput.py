@@ -16,7 +16,8 @@ import torch
 from manifold_aps.diffusion.networks import build_network
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.diffusion.training import denoising_score_matching_loss
-from manifold_aps.mesh import bunny, latlon_sphere
+from manifold_aps import bunny
+from manifold_aps.mesh import latlon_sphere
 from manifold_aps.signals import VertexLayout
 
 MESHES = {"sphere 4° (d=4160)": lambda: latlon_sphere(4.0), "bunny (d=1920)": bunny}  # bunny: $MANIFOLD_APS_DATA
@@ -27,6 +28,13 @@ CONFIGS = {
     "mlp w1024 d6": ("mlp", dict(width=1024, depth=6)),
     "spectral k64 w256 d3": ("spectral", dict(num_modes=64, width=256, depth=3)),
     "spectral k256 w512 d4": ("spectral", dict(num_modes=256, width=512, depth=4)),
+    "diffusion_net k64 w32 d4": ("diffusion_net", dict(num_modes=64, width=32, depth=4)),
+    "diffusion_net k128 w64 d4": ("diffusion_net", dict(num_modes=128, width=64, depth=4)),
+    # the Gaussian-residual wrapper (rank-256 Gaussian, empty buffers: the cost is the same)
+    "gaussian_residual mlp w1024 d4": ("gaussian_residual", dict(base="mlp", base_config=dict(width=1024, depth=4),
+                                                                   rank=256, data_std=0.1)),
+    "gaussian_residual diffusion_net k64 w32 d4": ("gaussian_residual", dict(
+        base="diffusion_net", base_config=dict(num_modes=64, width=32, depth=4), rank=256, data_std=0.1)),
 }
 
 

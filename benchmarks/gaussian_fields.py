@@ -60,16 +60,19 @@ import functools
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from manifold_aps.aps import FLOWS, APSConfig, AmortizedPosteriorSampler, fit
-from manifold_aps.benchmark import SCALE_DEFAULTS, add_arguments, run_benchmark
+from manifold_aps import bunny
+from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, fit
+from manifold_aps.benchmark import add_arguments, run_benchmark
 from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.diffusion.gaussian import exact_gaussian_prior
-from manifold_aps.mesh import bunny, latlon_sphere, torus
+from manifold_aps.flows import FLOWS
+from manifold_aps.mesh import latlon_sphere, torus
+from manifold_aps.operators import RandomVertexMask
+from manifold_aps.scales import preset
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout
 from manifold_aps.tasks import Task
 
@@ -116,7 +119,8 @@ def build_task(mesh_name: str, scale: str, test_count: int, train_count: int | N
              f"exact-score diffusion prior")
     task = Task(f"gaussian_fields_{mesh_name}", mesh, draw(field, train_count, DATA_SEEDS["train"]),
                 draw(field, VALIDATION_FIELDS, DATA_SEEDS["validation"]), draw(field, test_count, DATA_SEEDS["test"]),
-                hidden_fraction=hidden_fraction, noise_std=noise_std, normalizer=MinMaxNormalizer(0.0, 1.0),
+                operator=RandomVertexMask(mesh.num_vertices, VertexLayout(mesh.num_vertices, 1).padded_vertices,
+                                          hidden_fraction, noise_std), normalizer=MinMaxNormalizer(0.0, 1.0),
                 data_label=label, paper_task=paper_task)
     return task, field, description
 
@@ -139,28 +143,28 @@ def train_or_load_aps(task, prior, description: dict, args, log=print):
                              f"this run builds {description}")
         if args.flow is not None and args.flow != model.flow_kind:
             raise SystemExit(f"{path} holds a {model.flow_kind} flow, but --flow {args.flow} was asked for")
-        if abs(model.noise_std - task.noise_std) > 1e-12:
-            raise SystemExit(f"{path} was trained for σ_y {model.noise_std}, this task has {task.noise_std}")
+        if abs(model.noise_std - task.operator.noise_std) > 1e-12:
+            raise SystemExit(f"{path} was trained for σ_y {model.noise_std}, this task has {task.operator.noise_std}")
         log(f"loaded {path} ({model.flow_kind} flow, {model.report.get('aps_config', {}).get('iterations')} iterations)")
         return model, model.report.get("train_seconds")
     flow = args.flow or "realnvp"
     overrides = {}
-    if SCALE_DEFAULTS[args.scale]["aps_iterations"] is not None:
-        overrides["iterations"] = SCALE_DEFAULTS[args.scale]["aps_iterations"]
+    if preset(args.scale, "benchmark")["aps_iterations"] is not None:
+        overrides["iterations"] = preset(args.scale, "benchmark")["aps_iterations"]
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
     config = APSConfig.preset(args.scale, seed=args.seed, **overrides)
     folder = Path(args.checkpoint_dir)
-    log(f"training APS ({flow} flow, {config.iterations} iterations, batch {config.batch_size}, "
-        f"{config.n_steps} steps, hidden {config.hidden}) on {len(task.train)} measured fields")
+    log(f"training APS ({flow} flow, {config.iterations} iterations, batch {config.training.batch_size}, "
+        f"flow depth {config.flow_depth}, hidden {config.hidden}) on {len(task.train)} measured fields")
     started = time.perf_counter()
-    model = fit(task.mesh, task.train, mask_rate=task.hidden_fraction, noise_std=task.noise_std, prior=prior, flow=flow,
+    model = fit(task.mesh, task.train, mask_rate=task.operator.hidden_fraction, noise_std=task.operator.noise_std, prior=prior, flow=flow,
                 scale=args.scale, seed=args.seed, checkpoint_dir=folder / f"{task.name}_{args.scale}_{flow}",
                 device="cpu", base_rank=args.base_rank, **overrides)
     seconds = time.perf_counter() - started
-    model.report.update(train_seconds=seconds, aps_config=asdict(config), flow=flow, task=task.name,
+    model.report.update(train_seconds=seconds, aps_config=config.to_dict(), flow=flow, task=task.name,
                         gaussian_field=description, train_fields=len(task.train))
     model.save(folder / name)
     log(f"trained APS in {seconds:.0f} s; saved {folder / name}")
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    test_count = args.n_measurements or SCALE_DEFAULTS[args.scale]["n_measurements"]
+    test_count = args.n_measurements or preset(args.scale, "benchmark")["n_measurements"]
     task, field, description = build_task(args.mesh, args.scale, test_count, args.train_fields)
     layout = VertexLayout(task.mesh.num_vertices, 1)
     prior = exact_gaussian_prior(field, layout)

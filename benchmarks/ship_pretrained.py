@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 import torch
 
 from manifold_aps import pretrained
-from manifold_aps.aps import AmortizedPosteriorSampler, evaluate
-from manifold_aps.benchmark import environment
+from manifold_aps.aps import AmortizedPosteriorSampler
+from manifold_aps.benchmark import environment, evaluate_sampler
 from manifold_aps.diffusion import load_prior
-from manifold_aps.operators import BlindVertexMask, RandomVertexMask
+from manifold_aps.operators import BlindVertexMask
 from manifold_aps.tasks import load_task
 
 
@@ -31,7 +31,7 @@ def card(task, prior, samplers: dict, scores: dict, args) -> str:
     size = sum(p.numel() for p in network.parameters())
     lines = [f"# {task.name} — cpu-scale prior and APS sampler", "",
              f"- data: {task.data_label}; {len(task.train)} training signals, {task.mesh.num_vertices} vertices, "
-             f"hidden fraction {task.hidden_fraction}, σ_y {task.noise_std}",
+             f"hidden fraction {task.operator.hidden_fraction}, σ_y {task.operator.noise_std}",
              f"- prior: `{network.name}` {json.dumps(network.config)} ({size / 1e6:.2f} M parameters), "
              f"{args.prior_steps} steps, {args.prior_seconds:.0f} s wall on a shared 2-core CPU "
              f"(1 thread); command: `{args.prior_command}`"]
@@ -81,9 +81,9 @@ def main():
     scores = {}
     for key in samplers:
         stored = pretrained.load_sampler(task.name, blind=key == "blind")
-        operator = (BlindVertexMask(V, stored.layout.padded_vertices, (0.3, 0.6), task.noise_std) if key == "blind"
-                    else RandomVertexMask(V, stored.layout.padded_vertices, task.hidden_fraction, task.noise_std))
-        scores[key] = evaluate(stored, operator, test, seed=1)
+        operator = (BlindVertexMask(V, stored.layout.padded_vertices, (0.3, 0.6), task.operator.noise_std) if key == "blind"
+                    else task.operator)
+        scores[key] = evaluate_sampler(stored, operator, test, seed=1)
         print(key, scores[key])
     text = card(task, prior, samplers, scores, args)
     (pretrained.FOLDER / f"{task.name}.md").write_text(text)

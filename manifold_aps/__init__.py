@@ -4,11 +4,12 @@ The data path — mesh → signal → operator → prior → flow → sampler �
 layout; this namespace re-exports what users call.
 """
 
-__version__ = "0.1.0"
+from manifold_aps.version import __version__
 
 from manifold_aps.aps import AmortizedPosteriorSampler, APSConfig, fit
 from manifold_aps.diffusion import DiffusionPrior, build_network, load_prior, save_prior, train_prior
-from manifold_aps.mesh import Mesh, bunny, healpix_sphere, latlon_sphere, load_mesh, torus
+from manifold_aps.data.bunny_mnist import bunny
+from manifold_aps.mesh import Mesh, healpix_sphere, latlon_sphere, load_mesh, torus
 from manifold_aps.operators import BlindVertexMask, Measurement, RandomVertexMask
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, padded_size
 

@@ -5,9 +5,14 @@ Methods (rows): ``aps_n1`` (one APS sample), ``aps_n128`` (mean of 128), ``dps``
 harmonic interpolation), ``oi`` (optimal interpolation: exact posterior under a PPCA Gaussian
 fitted to training signals, rank chosen on validation) and, where the prior is Gaussian,
 ``exact``. Metrics are on the real vertices: ``psnr`` (data range 1), ``psnr_hidden`` (hidden
-vertices only), ``mse``, ``ssim`` (lat-lon grids), and for samplers ``coverage_90`` (central 90 %
-intervals, hidden vertices) and ``crps`` (hidden vertices); plus ``seconds_per_measurement``,
-``nfe`` and ``n_measurements``. Timings are wall-clock on the machine recorded in the file.
+vertices only), ``mse``, ``ssim`` (lat-lon grids), and for samplers with at least
+:data:`~manifold_aps.metrics.MIN_SAMPLES` (32) draws per measurement ``coverage_90`` (central 90 %
+intervals, hidden vertices) and ``crps`` (hidden vertices; left empty with fewer draws); plus
+``seconds_per_measurement``, ``nfe`` and ``n_measurements``. Timings are wall-clock on the machine
+recorded in the file.
+
+Every method is called the same way, ``method(measurement, operator, generator)``
+(:mod:`manifold_aps.methods`); :func:`run_methods` loops over a ``{name: method}`` dict.
 """
 
 from __future__ import annotations
@@ -21,18 +26,14 @@ from pathlib import Path
 
 import torch
 
-from manifold_aps.baselines import harmonic_interpolation, sample_dps, sample_mcg
-from manifold_aps.gaussian_posterior import optimal_interpolation
-from manifold_aps.metrics import crps, interval_coverage, mse, psnr, ssim
+from manifold_aps.gaussian_posterior import fit_optimal_interpolation
+from manifold_aps.methods import aps_method, diffusion_method, gaussian_method, harmonic_method
+from manifold_aps.metrics import MIN_SAMPLES, crps, interval_coverage, mse, psnr, ssim
 from manifold_aps.operators import Measurement, RandomVertexMask
+from manifold_aps.scales import SCALES, preset
 
-__all__ = ["measure", "score", "run_methods", "fit_oi", "blind_sweep", "environment", "write_results"]
-
-
-def measure(signals: torch.Tensor, layout, hidden_fraction: float, noise_std: float, seed: int) -> Measurement:
-    """Fixed-seed measurements of unpadded signals ``(N, V, C)``."""
-    operator = RandomVertexMask(layout.num_vertices, layout.padded_vertices, hidden_fraction, noise_std)
-    return operator(layout.pad(signals), generator=torch.Generator().manual_seed(seed))
+__all__ = ["score", "run_methods", "standard_methods", "fit_oi", "blind_sweep", "evaluate_sampler", "environment",
+           "write_results"]
 
 
 def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, grid_shape=None, samples=None) -> dict:
@@ -46,104 +47,108 @@ def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, gri
     }
     if grid_shape is not None and truth.shape[-1] == 1:
         row["ssim"] = float(ssim(estimate[..., 0].reshape(-1, *grid_shape), truth[..., 0].reshape(-1, *grid_shape)).mean())
-    if samples is not None and samples.shape[0] > 1:
+    if samples is not None and samples.shape[0] >= MIN_SAMPLES:  # calibration scores only from ≥ 32 draws
         region = hidden[..., None].expand_as(truth)
         row["coverage_90"] = float(interval_coverage(samples, truth, 0.9, region=region, vertex_axes=2).mean())
         row["crps"] = float(crps(samples, truth, region=region, vertex_axes=2).mean())
     return row
 
 
-def run_methods(layout, mesh, truth, measurement, noise_std: float, prior=None, aps_model=None, train_signals=None,
-                validation=None, methods=("aps", "dps", "mcg", "harmonic", "oi"), diffusion_samples: int = 4,
-                diffusion_steps: int = 1000, step_size: float = 1.0, grid_shape=None, exact=None,
-                seed: int = 0, log=print, oi=None) -> list[dict]:
-    """Score ``methods`` on one set of measurements of the unpadded ``truth`` ``(N, V, C)``.
-
-    ``validation`` = ``(signals, Measurement)`` chooses the OI rank (or pass ``oi``, the result of
-    :func:`fit_oi`, to reuse one fit); ``exact`` = a
-    :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` adds the ``exact`` row.
-    """
-    count, V, C = truth.shape
-    y = layout.unpad(measurement.y)
-    observed = measurement.observed[:, :V]
-    hidden = ~observed
-    operator = RandomVertexMask(V, layout.padded_vertices, 0.0, noise_std)  # carries σ_y for DPS/MCG
-    rows = []
-
-    def add(name, estimate, seconds, nfe, samples=None):
-        row = dict(method=name, **score(estimate, truth, hidden, grid_shape, samples),
-                   seconds_per_measurement=seconds / count, nfe=nfe, n_measurements=count)
-        rows.append(row)
-        log(f"{name:>9}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "method"))
-
+def run_methods(methods: dict, truth: torch.Tensor, measurement: Measurement, operator, grid_shape=None,
+                seed: int = 0, log=print) -> list[dict]:
+    """Score every ``{name: method}`` (:mod:`manifold_aps.methods`) on one set of measurements of the
+    unpadded ``truth`` ``(N, V, C)``, in order, with one shared generator seeded by ``seed``."""
+    count, V, _ = truth.shape
+    hidden = ~measurement.observed[:, :V]
     generator = torch.Generator().manual_seed(seed)
-    if "aps" in methods and aps_model is not None:
+    rows = []
+    for name, method in methods.items():
         started = time.perf_counter()
-        one = layout.unpad(aps_model.sample_measurement(measurement, 1, generator)[0])
-        add("aps_n1", one, time.perf_counter() - started, 1)
-        started = time.perf_counter()
-        draws = aps_model.sample_measurement(measurement, 128, generator)[..., :V, :].cpu()
-        add("aps_n128", draws.mean(dim=0), time.perf_counter() - started, 1, draws)
-    for name, sampler in (("dps", sample_dps), ("mcg", sample_mcg)):
-        if name not in methods or prior is None:
-            continue
-        repeated = Measurement(measurement.y.repeat(diffusion_samples, 1, 1), measurement.observed.repeat(diffusion_samples, 1))
-        started = time.perf_counter()
-        result = sampler(prior, repeated, operator, num_steps=diffusion_steps, step_size=step_size, generator=generator)
+        estimate = method(measurement, operator, generator)
         seconds = time.perf_counter() - started
-        draws = layout.unpad(result.sample).reshape(diffusion_samples, count, V, C)
-        add(name, draws.mean(dim=0), seconds, result.nfe, draws)
-    if "harmonic" in methods:
-        started = time.perf_counter()
-        filled = harmonic_interpolation(mesh, y, observed)
-        add("harmonic", torch.as_tensor(filled, dtype=torch.float32), time.perf_counter() - started, 0)
-    if "oi" in methods and (oi is not None or (train_signals is not None and validation is not None)):
-        gaussian, ranks, fit_seconds = oi or fit_oi(layout, train_signals, validation, noise_std)
-        started = time.perf_counter()
-        posterior = gaussian.posterior(y.reshape(count, -1), observed.repeat_interleave(C, dim=1), operator.noise_std)
-        mean = posterior.mean.reshape(count, V, C).float()
-        draws = (posterior.mean + posterior.std * torch.randn(128, *posterior.mean.shape, generator=generator,
-                                                              dtype=torch.float64)).reshape(128, count, V, C).float()
-        add("oi", mean, time.perf_counter() - started, 0, draws)
-        rows[-1].update(rank=gaussian.rank, rank_scores=ranks, fit_seconds=fit_seconds)
-    if exact is not None:
-        started = time.perf_counter()
-        posterior = exact.posterior(y.reshape(count, -1), observed.repeat_interleave(C, dim=1), operator.noise_std)
-        draws = (posterior.mean + posterior.std * torch.randn(128, *posterior.mean.shape, generator=generator,
-                                                              dtype=torch.float64)).reshape(128, count, V, C).float()
-        add("exact", posterior.mean.reshape(count, V, C).float(), time.perf_counter() - started, 0, draws)
+        row = dict(method=name, **score(estimate.mean, truth, hidden, grid_shape, estimate.samples),
+                   seconds_per_measurement=seconds / count, nfe=estimate.nfe, n_measurements=count, **estimate.info)
+        rows.append(row)
+        log(f"{name:>9}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                                      if k != "method" and not isinstance(v, dict)))
     return rows
 
 
-def fit_oi(layout, train_signals, validation, noise_std: float):
-    """Optimal interpolation fitted to ``train_signals`` ``(N, V, C)``, rank chosen on ``validation``
-    = ``(signals, Measurement)``: ``(LowRankGaussian, {rank: score}, fit seconds)``."""
-    val_signals, val_measurement = validation
-    V, C = layout.num_vertices, layout.num_channels
+def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=None, exact=None,
+                     diffusion_samples: int = 4, diffusion_steps: int = 1000, step_size: float = 1.0) -> dict:
+    """The benchmark's rows for the method ``names`` (``aps``, ``dps``, ``mcg``, ``harmonic``, ``oi``)
+    that can be built from what is given: ``aps`` gives ``aps_n1`` and ``aps_n128``; ``oi`` is
+    :func:`fit_oi`'s result; ``exact`` a Gaussian whose posterior is the truth (adds ``exact``)."""
+    from manifold_aps.zero_shot import sample_dps, sample_mcg
+
+    methods = {}
+    if "aps" in names and aps_model is not None:
+        methods.update(aps_n1=aps_method(aps_model, 1), aps_n128=aps_method(aps_model, 128))
+    for name, sampler in (("dps", sample_dps), ("mcg", sample_mcg)):
+        if name in names and prior is not None:
+            methods[name] = diffusion_method(sampler, prior, diffusion_samples, diffusion_steps, step_size=step_size)
+    if "harmonic" in names and mesh is not None:
+        methods["harmonic"] = harmonic_method(mesh, layout)
+    if "oi" in names and oi is not None:
+        gaussian, scores, fit_seconds = oi
+        methods["oi"] = gaussian_method(gaussian, layout, info=dict(rank=gaussian.rank, rank_scores=scores,
+                                                                     fit_seconds=fit_seconds))
+    if exact is not None:
+        methods["exact"] = gaussian_method(exact, layout)
+    return methods
+
+
+def fit_oi(layout, train_signals: torch.Tensor, validation_signals: torch.Tensor, operator, seed: int):
+    """Optimal interpolation fitted to ``train_signals`` ``(N, V, C)``, its rank chosen on the
+    ``validation_signals`` measured by ``operator`` (seed ``seed``): ``(LowRankGaussian, {rank:
+    score}, fit seconds)``."""
+    validation = operator(layout.pad(validation_signals), generator=torch.Generator().manual_seed(seed))
     started = time.perf_counter()
-    gaussian, ranks = optimal_interpolation(train_signals.reshape(len(train_signals), -1),
-                                            (layout.unpad(val_measurement.y).reshape(len(val_signals), -1),
-                                             val_measurement.observed[:, :V].repeat_interleave(C, dim=1)),
-                                            val_signals.reshape(len(val_signals), -1), noise_std)
-    return gaussian, ranks, time.perf_counter() - started
+    gaussian, scores = fit_optimal_interpolation(train_signals, validation_signals, validation, operator.noise_std)
+    return gaussian, scores, time.perf_counter() - started
 
 
-def blind_sweep(layout, mesh, truth, blind_model, known_model, noise_std: float, train_signals, validation,
-                rates=(0.3, 0.4, 0.5, 0.6), seed: int = 0, grid_shape=None, log=print, oi=None) -> list[dict]:
+def blind_sweep(layout, truth, blind_model, known_model, operator, oi, rates=(0.3, 0.4, 0.5, 0.6), seed: int = 0,
+                grid_shape=None, log=print) -> list[dict]:
     """Blind imputation at several hidden rates (paper Fig. 7): the blind sampler sees ``y`` only;
-    known-operator APS and optimal interpolation are given the mask. Rows carry ``hidden_fraction``."""
+    known-operator APS and optimal interpolation (``oi``, from :func:`fit_oi`) are given the mask.
+    Rows carry ``hidden_fraction``."""
     rows = []
-    oi = oi or fit_oi(layout, train_signals, validation, noise_std)
     for index, rate in enumerate(rates):
         log(f"--- blind sweep: {100 * rate:.0f}% hidden")
-        measurement = measure(truth, layout, rate, noise_std, seed + 100 + index)
-        for prefix, model, methods in (("aps_blind", blind_model, ("aps",)), ("aps", known_model, ("aps", "oi"))):
-            for row in run_methods(layout, mesh, truth, measurement, noise_std, aps_model=model, train_signals=train_signals,
-                                   validation=validation, methods=methods, grid_shape=grid_shape, seed=seed, log=log,
-                                   oi=oi):
+        at_rate = RandomVertexMask(layout.num_vertices, layout.padded_vertices, rate, operator.noise_std)
+        measurement = at_rate(layout.pad(truth), generator=torch.Generator().manual_seed(seed + 100 + index))
+        for prefix, model, names in (("aps_blind", blind_model, ("aps",)), ("aps", known_model, ("aps", "oi"))):
+            methods = standard_methods(names, layout, aps_model=model, oi=oi)
+            for row in run_methods(methods, truth, measurement, at_rate, grid_shape=grid_shape, seed=seed, log=log):
                 row["method"] = row["method"].replace("aps", prefix, 1)
                 rows.append(dict(row, hidden_fraction=rate))
     return rows
+
+
+@torch.no_grad()
+def evaluate_sampler(model, operator, test_signals, n: int = 128, seed: int = 1) -> dict:
+    """Measure held-out clean signals with ``operator`` and score an APS ``model`` on them (real
+    vertices): PSNR of the ``n``-sample posterior mean and of a single sample, 90 % interval
+    coverage on the hidden vertices, and seconds per measurement for ``n`` samples."""
+    layout = model.layout
+    truth, _ = layout.to_batch(test_signals)
+    if not torch.isfinite(truth).all():
+        raise ValueError("test_signals must be complete (no NaN or ±inf): they are the truth APS is scored against")
+    generator = torch.Generator().manual_seed(seed)
+    measurement = operator(truth, generator)
+    start = time.perf_counter()
+    draws = model.sample_measurement(measurement, n, generator).cpu()
+    seconds = (time.perf_counter() - start) / len(measurement)
+    V = layout.num_vertices
+    real_truth, real_draws = truth[:, :V], draws[:, :, :V]
+    hidden = ~measurement.observed[:, :V]
+    return dict(
+        psnr_mean=float(psnr(real_draws.mean(0), real_truth, vertex_axes=2).mean()),
+        psnr_single=float(psnr(real_draws[0], real_truth, vertex_axes=2).mean()),
+        coverage_90_hidden=float(interval_coverage(real_draws, real_truth, 0.9, hidden, vertex_axes=2).mean()),
+        seconds_per_measurement=seconds, samples=n, measurements=len(measurement),
+    )
 
 
 def environment(device: str = "cpu") -> dict:
@@ -186,7 +191,7 @@ def write_results(results: dict, stem) -> tuple[Path, Path]:
 
 def add_arguments(parser) -> None:
     """Options shared by the benchmark scripts."""
-    parser.add_argument("--scale", choices=("smoke", "cpu", "paper"), default="smoke")
+    parser.add_argument("--scale", choices=SCALES, default="smoke")
     parser.add_argument("--from-checkpoint", metavar="DIR",
                         help="load <task>_prior_<scale>.pt and <task>_aps_<scale>.pt from DIR instead of training; "
                              "'pretrained' loads the models shipped in manifold_aps.pretrained")
@@ -203,18 +208,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"))
 
 
-SCALE_DEFAULTS = {"smoke": dict(n_measurements=4, diffusion_steps=50, limit=256, prior_steps=200, aps_iterations=100),
-                  "cpu": dict(n_measurements=32, diffusion_steps=1000, limit=None, prior_steps=None, aps_iterations=None),
-                  "paper": dict(n_measurements=128, diffusion_steps=1000, limit=None, prior_steps=None, aps_iterations=None)}
-
-
 def train_or_load(task, args, network: str = "mlp", network_config: dict | None = None, log=print):
     """The task's prior and APS model: loaded with ``--from-checkpoint``, else trained (and saved)."""
     from manifold_aps.aps import AmortizedPosteriorSampler, fit
     from manifold_aps.diffusion import DiffusionPrior, build_network, load_prior, prior_training_config, save_prior, train_prior
-    from manifold_aps.signals import VertexLayout
-
-    defaults = SCALE_DEFAULTS[args.scale]
+    
+    defaults = preset(args.scale, "benchmark")
     if args.from_checkpoint == "pretrained":
         from manifold_aps import pretrained
 
@@ -230,12 +229,12 @@ def train_or_load(task, args, network: str = "mlp", network_config: dict | None 
     train = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
     started = time.perf_counter()
     prior = DiffusionPrior(build_network(network, layout, mesh=task.mesh, **(network_config or {})), layout)
-    overrides = {} if defaults["prior_steps"] is None else {"steps": defaults["prior_steps"]}
+    overrides = {} if defaults["prior_iterations"] is None else {"iterations": defaults["prior_iterations"]}
     config = prior_training_config(args.scale, task.paper_task, seed=args.seed, **overrides)
     train_prior(prior, layout.pad(train), config, checkpoint_path=folder / f"{task.name}_prior_{args.scale}.training.pt")
     save_prior(folder / f"{task.name}_prior_{args.scale}.pt", prior, task.normalizer)
     aps_overrides = {} if defaults["aps_iterations"] is None else {"iterations": defaults["aps_iterations"]}
-    model = fit(task.mesh, train, mask_rate=task.hidden_fraction, noise_std=task.noise_std, prior=prior,
+    model = fit(task.mesh, train, mask_rate=task.operator.hidden_fraction, noise_std=task.operator.noise_std, prior=prior,
                 scale=args.scale, seed=args.seed, checkpoint_dir=folder / f"{task.name}_{args.scale}", **aps_overrides)
     seconds = time.perf_counter() - started
     model.report["train_seconds"] = seconds
@@ -264,35 +263,35 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
     ``notes`` list, if any, starts the file's notes).
     """
     torch.set_num_threads(args.threads)
-    defaults = SCALE_DEFAULTS[args.scale]
+    defaults = preset(args.scale, "benchmark")
     if model is None:
         prior, model, train_seconds = train_or_load(task, args, log=log)
-    layout = model.layout
+    layout, operator = model.layout, task.operator
+    if operator.padded_vertices != layout.padded_vertices:
+        raise ValueError(f"the model pads to {layout.padded_vertices} vertices, the task's operator to "
+                         f"{operator.padded_vertices}")
     count = args.n_measurements or defaults["n_measurements"]
     steps = args.diffusion_steps or defaults["diffusion_steps"]
-    methods = tuple(args.methods.split(","))
-    validation_signals = task.validation[:64]
-    validation = (validation_signals, measure(validation_signals, layout, task.hidden_fraction, task.noise_std, args.seed + 1))
+    names = tuple(args.methods.split(","))
     train_for_oi = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
     sections = {}
-    blind_model = _blind_model(task, args) if "blind" in methods else None
-    oi = fit_oi(layout, train_for_oi, validation, task.noise_std) if "oi" in methods or blind_model is not None else None
+    blind_model = _blind_model(task, args) if "blind" in names else None
+    oi = (fit_oi(layout, train_for_oi, task.validation[:64], operator, args.seed + 1)
+          if "oi" in names or blind_model is not None else None)
+    methods = standard_methods(names, layout, task.mesh, prior, model, oi, exact, args.diffusion_samples, steps,
+                               args.step_size)
     test_sets = {"test": task.test[:count], **{name: signals[:count] for name, signals in task.extra_test.items()}}
     for name, truth in test_sets.items():
-        log(f"--- {name}: {len(truth)} measurements, {100 * task.hidden_fraction:.0f}% hidden, σ {task.noise_std}")
-        measurement = measure(truth, layout, task.hidden_fraction, task.noise_std, args.seed)
-        sections[name] = run_methods(layout, task.mesh, truth, measurement, task.noise_std, prior=prior, aps_model=model,
-                                     train_signals=train_for_oi, validation=validation, methods=methods,
-                                     diffusion_samples=args.diffusion_samples, diffusion_steps=steps,
-                                     step_size=args.step_size, grid_shape=grid_shape, exact=exact, seed=args.seed, log=log,
-                                     oi=oi)
+        log(f"--- {name}: {len(truth)} measurements, {100 * operator.hidden_fraction:.0f}% hidden, "
+            f"σ {operator.noise_std}")
+        measurement = operator(layout.pad(truth), generator=torch.Generator().manual_seed(args.seed))
+        sections[name] = run_methods(methods, truth, measurement, operator, grid_shape, args.seed, log)
     if blind_model is not None:
-        sections["blind_sweep"] = blind_sweep(layout, task.mesh, task.test[:count], blind_model, model, task.noise_std,
-                                              train_for_oi, validation, seed=args.seed, grid_shape=grid_shape, log=log,
-                                              oi=oi)
+        sections["blind_sweep"] = blind_sweep(layout, task.test[:count], blind_model, model, operator, oi,
+                                              seed=args.seed, grid_shape=grid_shape, log=log)
     results = dict(task=task.name, scale=args.scale, data=task.data_label, **environment(),
                    train_seconds=train_seconds, command="python " + " ".join(argv),
-                   hidden_fraction=task.hidden_fraction, noise_std=task.noise_std, sections=sections,
+                   hidden_fraction=operator.hidden_fraction, noise_std=operator.noise_std, sections=sections,
                    rows=sections["test"], notes=[])
     results.update(extra or {})
     rows = {row["method"]: row for row in sections["test"]}

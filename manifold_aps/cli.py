@@ -9,7 +9,9 @@
     manifold-aps demo
 
 Every command takes ``--config FILE`` (JSON or TOML) whose keys are the command's long options
-(``steps``, ``network`` …); flags given on the command line win.
+(``iterations``, ``network`` …); flags given on the command line win. One vocabulary throughout:
+``--iterations`` counts optimiser steps, ``--flow-depth`` coupling steps of the flow,
+``--diffusion-steps`` reverse-diffusion steps, ``--mask-rate`` is the hidden fraction.
 """
 
 from __future__ import annotations
@@ -40,18 +42,71 @@ def _load_config(path) -> dict:
 
 
 def _apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
-    """Fill options from ``--config`` unless they were given on the command line."""
+    """Fill options from ``--config`` unless they were given on the command line; each value is
+    checked with the option's own type (a clear error naming the option otherwise)."""
     if not getattr(args, "config", None):
         return args
-    given = {arg.split("=")[0].lstrip("-").replace("-", "_") for arg in argv if arg.startswith("--")}
-    known = vars(args)
+    command = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    actions = {option.lstrip("-").replace("-", "_"): action for action in command.choices[args.command]._actions
+               for option in action.option_strings if option.startswith("--")}
+    given = {actions[name].dest for name in (arg.split("=")[0].lstrip("-").replace("-", "_")
+                                              for arg in argv if arg.startswith("--")) if name in actions}
     for key, value in _load_config(args.config).items():
-        name = key.replace("-", "_")
-        if name not in known:
+        action = actions.get(key.replace("-", "_"))
+        if action is None or action.dest in ("help", "config"):
             parser.error(f"unknown option {key!r} in config file {args.config}")
-        if name not in given:
-            setattr(args, name, value)
+        if action.dest in given:
+            continue
+        if action.type is not None and value is not None:
+            try:
+                if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                    raise TypeError(f"expected a {getattr(action.type, '__name__', 'value')}")
+                if action.type is int and isinstance(value, float):
+                    raise TypeError("expected an integer")
+                value = action.type(value)
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+                parser.error(f"option {key!r} in config file {args.config}: {value!r} is invalid ({error})")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"option {key!r} in config file {args.config}: {value!r} is not one of {list(action.choices)}")
+        setattr(args, action.dest, value)
     return args
+
+
+def _levels(text) -> tuple[float, ...]:
+    """An argparse type: comma-separated probabilities in (0, 1) (``--quantiles``)."""
+    try:
+        levels = tuple(float(part) for part in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(0 < level < 1 for level in levels):
+        raise argparse.ArgumentTypeError(f"quantile levels must lie in (0, 1), got {text!r}")
+    return levels
+
+
+def positive_int(text) -> int:
+    """An argparse type: an integer ≥ 1 (``--threads``)."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1 or (isinstance(text, float) and text != value):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks argparse cannot express: a usable ``--device``; ``fit``'s source of signals."""
+    device = getattr(args, "device", None)
+    if device not in (None, "auto"):
+        import torch
+
+        try:
+            if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+                parser.error(f"--device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+        except RuntimeError:
+            parser.error(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)")
+    if args.command == "fit" and not args.task and not (args.mesh and args.signals):
+        parser.error("fit needs --task, or both --mesh and --signals")
 
 
 def _set_threads(threads):
@@ -73,7 +128,7 @@ def cmd_train_prior(args) -> int:
     layout = VertexLayout(task.mesh.num_vertices, task.train.shape[-1])
     network_config = json.loads(args.network_config) if isinstance(args.network_config, str) else dict(args.network_config or {})
     prior = DiffusionPrior(build_network(args.network, layout, mesh=task.mesh, **network_config), layout)
-    overrides = {key: value for key, value in (("steps", args.steps), ("batch_size", args.batch_size),
+    overrides = {key: value for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size),
                                                ("learning_rate", args.learning_rate)) if value is not None}
     config = prior_training_config(args.scale, task.paper_task, device=args.device, seed=args.seed, **overrides)
     output = Path(args.output)
@@ -81,7 +136,7 @@ def cmd_train_prior(args) -> int:
     train_prior(prior, layout.pad(task.train), config, checkpoint_path=output.with_suffix(".training.pt"))
     save_prior(output, prior, task.normalizer)
     print(json.dumps({"task": args.task, "data": task.data_label, "network": args.network,
-                      "network_config": network_config, "steps": config.steps, "output": str(output),
+                      "network_config": network_config, "iterations": config.iterations, "output": str(output),
                       "seconds": round(time.perf_counter() - started, 1)}))
     return 0
 
@@ -120,17 +175,44 @@ def _read_signals(path):
     raise ValueError(f"unsupported signals file {path.name}: use .nc, .npy or .npz")
 
 
-def _write_posterior(path, mean, std, samples):
-    """Sphere results (DataArrays) to NetCDF, everything else to .npz."""
+def _write_posterior(path, samples, quantiles, keep: int, model_path):
+    """Posterior summaries of ``samples`` ``(n, ...)``: CF-style NetCDF for lat-lon DataArrays
+    (mean, std, quantiles and ``keep`` draws, with units, long names and a history naming the
+    model file), ``.npz`` (``mean``, ``std``, ``quantiles``, ``samples``) for everything else."""
+    import datetime
+
     import numpy as np
     import xarray as xr
 
+    from manifold_aps.version import __version__
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(mean, xr.DataArray):
-        xr.Dataset({"mean": mean, "std": std, "samples": samples}).to_netcdf(path)
-    else:
-        np.savez_compressed(path, mean=np.asarray(mean), std=np.asarray(std), samples=np.asarray(samples))
+    if not isinstance(samples, xr.DataArray):
+        draws = np.asarray(samples)
+        np.savez_compressed(path, mean=draws.mean(axis=0), std=draws.std(axis=0, ddof=1),
+                            quantiles=np.quantile(draws, quantiles, axis=0), quantile_levels=np.asarray(quantiles),
+                            samples=draws[:keep])
+        return path
+    name = samples.name or "signal"
+    units = {"units": samples.attrs["units"]} if "units" in samples.attrs else {}
+    described = samples.attrs.get("long_name", name)
+    dataset = xr.Dataset({
+        "mean": samples.mean("draw").assign_attrs(long_name=f"posterior mean of {described}", **units),
+        "std": samples.std("draw", ddof=1).assign_attrs(long_name=f"posterior standard deviation of {described}",
+                                                         **units),
+        "quantiles": samples.quantile(list(quantiles), dim="draw").assign_attrs(
+            long_name=f"posterior quantiles of {described}", **units),
+        "samples": samples.isel(draw=slice(0, keep)).assign_attrs(long_name=f"posterior draws of {described}",
+                                                                   **units),
+    })
+    dataset["quantile"].attrs["long_name"] = "quantile level"
+    dataset["draw"].attrs["long_name"] = "posterior draw index"
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    dataset.attrs = {"Conventions": "CF-1.8", "title": f"APS posterior of {described}",
+                     "source": f"manifold_aps {__version__}, model {Path(model_path).resolve()}",
+                     "history": f"{stamp}: manifold-aps sample --model {model_path} ({samples.sizes['draw']} draws)"}
+    dataset.to_netcdf(path)
     return path
 
 
@@ -144,14 +226,12 @@ def cmd_fit(args) -> int:
     if args.task:
         task = load_task(args.task, limit=args.limit)
         mesh, signals, test = task.mesh, task.train, task.test[:16]
-        mask_rate, noise_std = task.hidden_fraction, task.noise_std
+        mask_rate, noise_std = task.operator.hidden_fraction, task.operator.noise_std
     else:
-        if not (args.mesh and args.signals):
-            raise SystemExit("fit needs --task, or --mesh and --signals")
         mesh, signals, test = load_mesh(args.mesh), _read_signals(args.signals), None
         mask_rate, noise_std = args.mask_rate, args.noise_std
     prior = load_prior(args.prior) if args.prior else None
-    overrides = {key: value for key, value in (("iterations", args.iterations), ("n_steps", args.n_steps),
+    overrides = {key: value for key, value in (("iterations", args.iterations), ("flow_depth", args.flow_depth),
                                                ("hidden", args.hidden)) if value is not None}
     started = time.perf_counter()
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
@@ -165,32 +245,34 @@ def cmd_fit(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import torch
+
     from manifold_aps.aps import AmortizedPosteriorSampler
 
     _set_threads(args.threads)
     model = AmortizedPosteriorSampler.load(args.model)
     observed = _read_signals(args.input)
-    samples = model.sample(observed, n=args.n)
-    mean, std = samples.mean(axis=0), samples.std(axis=0)
-    keep = samples[: args.keep]
-    path = _write_posterior(args.output, mean, std, keep)
-    print(json.dumps({"output": str(path), "samples": args.n, "kept": int(keep.shape[0])}))
+    samples = model.sample(observed, n=args.n, generator=torch.Generator().manual_seed(args.seed))
+    path = _write_posterior(args.output, samples, args.quantiles, args.keep, args.model)
+    print(json.dumps({"output": str(path), "samples": args.n, "kept": min(args.keep, args.n)}))
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from manifold_aps.aps import AmortizedPosteriorSampler
-    from manifold_aps.benchmark import measure, run_methods
+    import torch
+
+    from manifold_aps.benchmark import run_methods, standard_methods
     from manifold_aps.tasks import load_task
 
     _set_threads(args.threads)
     model = AmortizedPosteriorSampler.load(args.model)
     task = load_task(args.task)
     truth = task.test[: args.n_measurements]
-    measurement = measure(truth, model.layout, task.hidden_fraction, task.noise_std, args.seed)
+    measurement = task.operator(model.layout.pad(truth), generator=torch.Generator().manual_seed(args.seed))
     grid = (46, 90) if task.mesh.latitude is not None else None
-    rows = run_methods(model.layout, task.mesh, truth, measurement, task.noise_std, aps_model=model,
-                       methods=("aps", "harmonic"), grid_shape=grid, seed=args.seed, log=lambda line: None)
+    methods = standard_methods(("aps", "harmonic"), model.layout, task.mesh, aps_model=model)
+    rows = run_methods(methods, truth, measurement, task.operator, grid, args.seed, log=lambda line: None)
     print(json.dumps({"task": task.name, "data": task.data_label, "rows": rows}, indent=2))
     return 0
 
@@ -199,7 +281,6 @@ def cmd_render(args) -> int:
     import torch
 
     from manifold_aps.aps import AmortizedPosteriorSampler
-    from manifold_aps.benchmark import measure
     from manifold_aps.render import plot_latlon_fields, render_posterior
     from manifold_aps.tasks import load_task
 
@@ -207,7 +288,7 @@ def cmd_render(args) -> int:
     task = load_task(args.task)
     truth = task.test[: args.count]
     layout = model.layout
-    measurement = measure(truth, layout, task.hidden_fraction, task.noise_std, args.seed)
+    measurement = task.operator(layout.pad(truth), generator=torch.Generator().manual_seed(args.seed))
     draws = model.sample_measurement(measurement, 128, torch.Generator().manual_seed(args.seed))[..., : layout.num_vertices, :]
     observed = measurement.observed[:, : layout.num_vertices]
     y = layout.unpad(measurement.y)
@@ -243,6 +324,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from manifold_aps.scales import SCALES
     from manifold_aps.tasks import TASKS
 
     parser = argparse.ArgumentParser(prog="manifold-aps", description="Amortized posterior sampling on meshes.")
@@ -251,16 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train-prior", help="train a diffusion prior on a task's training signals",
                                 description="Train a diffusion prior by denoising score matching; resumable.")
     train.add_argument("--task", choices=TASKS, required=True)
-    train.add_argument("--scale", choices=("smoke", "cpu", "paper"), default="cpu")
+    train.add_argument("--scale", choices=SCALES, default="cpu")
     train.add_argument("--network", choices=("mlp", "spectral", "unet1d"), default="mlp")
     train.add_argument("--network-config", default="{}", help='JSON of network options, e.g. \'{"width": 1024}\'')
-    train.add_argument("--steps", type=int, help="override the preset's step count")
+    train.add_argument("--iterations", "--steps", dest="iterations", type=int,
+                       help="optimiser steps (default: the scale's preset; --steps is the old name)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--limit", type=int, help="use at most this many signals per split")
     train.add_argument("--output", required=True, help="prior file to write (a .training.pt checkpoint sits beside it)")
     train.add_argument("--device", default="auto")
-    train.add_argument("--threads", type=int)
+    train.add_argument("--threads", type=positive_int)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--config", help="JSON or TOML file of options")
     train.set_defaults(handler=cmd_train_prior)
@@ -271,14 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--task", choices=TASKS)
     source.add_argument("--mesh", help="PLY / OBJ / OFF mesh file")
     source.add_argument("--signals", help=".nc / .npy / .npz (key 'signals'), (N, V) or (N, V, C); NaN = missing")
-    fitting.add_argument("--mask-rate", type=float, default=0.6, help="hidden fraction (with --signals)")
+    fitting.add_argument("--mask-rate", type=float, default=0.6,
+                         help="hidden fraction: share of vertices hidden per measurement (with --signals)")
     fitting.add_argument("--noise-std", type=float, default=0.05, help="measurement noise σ_y (with --signals)")
     fitting.add_argument("--prior", help="a prior file from train-prior (default: train one)")
     fitting.add_argument("--flow", choices=("realnvp", "mesh"), default="realnvp")
-    fitting.add_argument("--scale", choices=("smoke", "cpu", "paper"), default="cpu")
-    fitting.add_argument("--iterations", type=int)
+    fitting.add_argument("--scale", choices=SCALES, default="cpu")
+    fitting.add_argument("--iterations", type=int, help="optimiser steps (default: the scale's preset)")
     fitting.add_argument("--blind", action="store_true", help="unknown mask: train with rates in 30-60 %%")
-    fitting.add_argument("--n-steps", type=int, default=None, help="flow steps (default: the scale's preset)")
+    fitting.add_argument("--flow-depth", "--n-steps", dest="flow_depth", type=int, default=None,
+                         help="coupling steps of the flow (default: the scale's preset; --n-steps is the old name)")
     fitting.add_argument("--hidden", type=int, default=None, help="flow coupling width (default: the scale's preset)")
     fitting.add_argument("--base-rank", type=int, default=64,
                          help="largest rank of the Gaussian (optimal-interpolation) base of the flow")
@@ -286,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument("--limit", type=int)
     fitting.add_argument("--output", required=True)
     fitting.add_argument("--device", default="auto")
-    fitting.add_argument("--threads", type=int)
+    fitting.add_argument("--threads", type=positive_int)
     fitting.add_argument("--seed", type=int, default=0)
     fitting.add_argument("--config")
     fitting.set_defaults(handler=cmd_fit)
@@ -298,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--output", required=True, help=".nc for lat-lon grids, else .npz")
     sampling.add_argument("--n", type=int, default=128, help="posterior samples per measurement")
     sampling.add_argument("--keep", type=int, default=8, help="samples written to the output")
-    sampling.add_argument("--threads", type=int)
+    sampling.add_argument("--quantiles", type=_levels, default=(0.05, 0.5, 0.95),
+                          help="comma-separated quantile levels written to the output (default 0.05,0.5,0.95)")
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--threads", type=positive_int)
     sampling.add_argument("--config")
     sampling.set_defaults(handler=cmd_sample)
 
@@ -307,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--task", choices=TASKS, required=True)
     evaluate.add_argument("--n-measurements", type=int, default=16)
-    evaluate.add_argument("--threads", type=int)
+    evaluate.add_argument("--threads", type=positive_int)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--config")
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -344,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args = _apply_config(parser, args, argv)
+    _check_arguments(parser, args)
     return args.handler(args)
 
 

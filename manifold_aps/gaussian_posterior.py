@@ -17,18 +17,28 @@ with the Gaussian fitted to training signals. :func:`fit_ppca` fits probabilisti
 (Tipping & Bishop 1999): ``Φ`` the top-``k`` principal directions, ``s_i = ℓ_i − τ²`` and ``τ²``
 the mean of the discarded eigenvalues ``ℓ_{k+1..D}`` of the sample covariance.
 :func:`optimal_interpolation` picks ``k`` on validation signals by the imputation error on hidden
-entries under the task's own operator.
+entries under the task's own operator; :func:`fit_optimal_interpolation` does so for measured
+vertex signals, and :func:`fit_gaussian_base` is the rank selection of
+:func:`~manifold_aps.aps.fit` (a held-out tenth of the training signals serves as validation).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["LowRankGaussian", "GaussianPosterior", "GaussianRoot", "square_root", "fit_ppca", "optimal_interpolation"]
+from manifold_aps.operators import Measurement, RandomVertexMask
+from manifold_aps.signals import VertexLayout
+
+__all__ = ["LowRankGaussian", "GaussianPosterior", "GaussianRoot", "square_root", "fit_ppca", "optimal_interpolation",
+           "fit_optimal_interpolation", "fit_gaussian_base", "candidate_ranks"]
+
+DEFAULT_RANKS = (4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass
@@ -285,3 +295,41 @@ def optimal_interpolation(train_signals, validation_measurements, validation_tru
     if best is None:
         raise ValueError(f"no candidate rank in {ranks} is below min(N, D) = {min(data.shape)}")
     return best[1], scores
+
+
+def fit_optimal_interpolation(train_signals: torch.Tensor, validation_signals: torch.Tensor,
+                              validation_measurement: Measurement, noise_std: float,
+                              ranks=DEFAULT_RANKS) -> tuple[LowRankGaussian, dict]:
+    """:func:`optimal_interpolation` for vertex signals: ``train_signals`` ``(N, V, C)``, the clean
+    ``validation_signals`` ``(M, V, C)`` and their padded ``validation_measurement``."""
+    count, num_vertices = validation_signals.shape[:2]
+    y, observed = validation_measurement.real_entries(num_vertices)
+    return optimal_interpolation(train_signals.reshape(len(train_signals), -1), (y, observed),
+                                 validation_signals.reshape(count, -1), noise_std, ranks=ranks)
+
+
+def candidate_ranks(largest: int) -> tuple[int, ...]:
+    """The PPCA ranks tried up to ``largest``: powers of two from 4, then ``largest`` itself."""
+    if isinstance(largest, bool) or not isinstance(largest, numbers.Integral) or largest < 1:
+        raise ValueError(f"base_rank must be a positive integer, got {largest!r}")
+    return tuple(r for r in (4, 8, 16, 32, 64, 128, 256, 512) if r < largest) + (int(largest),)
+
+
+def fit_gaussian_base(signals: torch.Tensor, operator: RandomVertexMask, seed: int = 0,
+                      ranks=DEFAULT_RANKS) -> LowRankGaussian | None:
+    """The Gaussian base of :func:`~manifold_aps.aps.fit`: PPCA of the complete ``signals`` ``(N, V, C)``
+    with the rank whose optimal-interpolation mean best fills the hidden entries of a held-out
+    tenth (measured by ``operator``); refitted on all complete signals. None with fewer than 8."""
+    complete = signals[torch.isfinite(signals).flatten(1).all(dim=1)].double()
+    if len(complete) < 8:
+        warnings.warn(f"only {len(complete)} complete signals: no Gaussian base (need ≥ 8)", stacklevel=3)
+        return None
+    generator = torch.Generator().manual_seed(seed + 7)
+    order = torch.randperm(len(complete), generator=generator)
+    held = order[: max(2, min(256, len(complete) // 10))]
+    kept = order[len(held):]
+    layout = VertexLayout(complete.shape[1], complete.shape[2])
+    measurement = operator(layout.pad(complete[held].float()), generator)
+    candidates = tuple(r for r in ranks if r < min(len(kept), complete[0].numel())) or (1,)
+    chosen, _ = fit_optimal_interpolation(complete[kept], complete[held], measurement, operator.noise_std, candidates)
+    return fit_ppca(complete.flatten(1), chosen.rank)

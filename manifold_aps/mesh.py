@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["Mesh", "load_mesh", "latlon_sphere", "healpix_sphere", "torus", "bunny"]
+__all__ = ["Mesh", "load_mesh", "latlon_sphere", "healpix_sphere", "torus"]
 
 
 class Mesh:
@@ -348,10 +348,3 @@ def torus(major_radius: float = 1.0, minor_radius: float = 0.4, major_segments: 
     d = i * minor_segments + (j + 1) % minor_segments
     faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)])
     return Mesh(vertices, faces, name=f"torus_{major_segments}x{minor_segments}")
-
-
-def bunny() -> Mesh:
-    """The 1889-vertex Stanford bunny (``bun_zipper_res3.ply``) found through the data registry."""
-    from manifold_aps.data.registry import fetch
-
-    return load_mesh(fetch("bunny_res3"), name="bunny")

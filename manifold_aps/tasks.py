@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from manifold_aps.mesh import Mesh, bunny, latlon_sphere
-from manifold_aps.signals import MinMaxNormalizer
+from manifold_aps.mesh import Mesh, latlon_sphere
+from manifold_aps.operators import RandomVertexMask
+from manifold_aps.signals import MinMaxNormalizer, VertexLayout
 
 __all__ = ["Task", "TASKS", "load_task"]
 
@@ -29,19 +30,24 @@ TASKS = ("bunny_mnist", "era5_proxy", "era5_gasp")
 
 @dataclass
 class Task:
-    """Everything a benchmark needs about one task. Signals are ``(N, V, C)`` float32, normalised."""
+    """Everything a benchmark needs about one task. Signals are ``(N, V, C)`` float32, normalised;
+    ``operator`` measures them (padded to the default :class:`~manifold_aps.signals.VertexLayout`)."""
 
     name: str
     mesh: Mesh
     train: torch.Tensor
     validation: torch.Tensor
     test: torch.Tensor
-    hidden_fraction: float
-    noise_std: float
+    operator: RandomVertexMask
     normalizer: MinMaxNormalizer
     data_label: str
     paper_task: str  # "bunny" or "era5": selects the paper's training budgets
     extra_test: dict = field(default_factory=dict)  # name -> (N, V, C) signals measured separately
+
+
+def _operator(mesh: Mesh, hidden_fraction: float, noise_std: float) -> RandomVertexMask:
+    layout = VertexLayout(mesh.num_vertices, 1)
+    return RandomVertexMask(layout.num_vertices, layout.padded_vertices, hidden_fraction, noise_std)
 
 
 def _limit(signals: torch.Tensor, limit: int | None) -> torch.Tensor:
@@ -51,13 +57,14 @@ def _limit(signals: torch.Tensor, limit: int | None) -> torch.Tensor:
 def load_task(name: str, limit: int | None = None, gasp_root=None) -> Task:
     """Load task ``name`` (see the module table). ``limit`` caps every split (for quick runs)."""
     if name == "bunny_mnist":
-        from manifold_aps.data.bunny_mnist import load_bunny_mnist
+        from manifold_aps.data.bunny_mnist import bunny, load_bunny_mnist
 
         digits, _ = load_bunny_mnist("train")
         test, _ = load_bunny_mnist("test")
+        mesh = bunny()
         # the last 5000 training digits are held out for validation (model selection, OI rank)
-        return Task(name, bunny(), _limit(digits[:-5000], limit), _limit(digits[-5000:], limit), _limit(test, limit),
-                    hidden_fraction=0.3, noise_std=0.1, normalizer=MinMaxNormalizer(0.0, 1.0),
+        return Task(name, mesh, _limit(digits[:-5000], limit), _limit(digits[-5000:], limit), _limit(test, limit),
+                    operator=_operator(mesh, 0.3, 0.1), normalizer=MinMaxNormalizer(0.0, 1.0),
                     data_label="MNIST digits painted on the Stanford bunny (bun_zipper_res3, 1889 vertices)",
                     paper_task="bunny")
     if name in ("era5_proxy", "era5_gasp"):
@@ -73,7 +80,8 @@ def load_task(name: str, limit: int | None = None, gasp_root=None) -> Task:
             label = "PROXY: SPEEDY-type GCM (jcm) 2 m temperature on the GASP grid — not ERA5"
         train, validation, test = (GASP_NORMALIZER.normalize(to_vertices(s)).float() for s in splits)
         real = GASP_NORMALIZER.normalize(to_vertices(load_era5_sample())).float()
-        return Task(name, latlon_sphere(4.0), _limit(train, limit), _limit(validation, limit), _limit(test, limit),
-                    hidden_fraction=0.6, noise_std=0.05, normalizer=GASP_NORMALIZER, data_label=label,
+        mesh = latlon_sphere(4.0)
+        return Task(name, mesh, _limit(train, limit), _limit(validation, limit), _limit(test, limit),
+                    operator=_operator(mesh, 0.6, 0.05), normalizer=GASP_NORMALIZER, data_label=label,
                     paper_task="era5", extra_test={"era5_real_24": real})
     raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")

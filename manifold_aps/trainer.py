@@ -11,12 +11,18 @@ The loop knows nothing about diffusion or flows. A task supplies
 
 Per step ``k`` a data generator (the only RNG state carried from step to step, stored in the
 checkpoint) draws the batch indices and a step seed; the loss generator is re-seeded from
-``(step seed, rank)``. Hence training ``N`` steps straight and ``N/2`` + resume ``N/2`` give the
+``(step seed, rank)``. Hence training ``N`` iterations straight and ``N/2`` + resume ``N/2`` give the
 same weights, and under ``torchrun`` the ranks see disjoint slices of one global batch with
 independent noise while gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`
 (backend gloo on CPU, nccl on CUDA).
 
-The learning rate is ``lr · min(1, (k + 1) / warmup_steps)``; the EMA is
+Every checkpoint carries the run's fingerprint (:func:`run_fingerprint`: hashes of the training
+data tensor and of the caller's ``metadata``) beside its config. Resuming from a checkpoint of
+another run — other data, other config, other metadata — stops with a :class:`~manifold_aps.checkpoint.CheckpointError`
+that names the checkpoint and what differs, so two runs are never mixed; ``resume=False`` starts
+afresh and overwrites that checkpoint instead.
+
+The learning rate is ``lr · min(1, (k + 1) / warmup_iterations)``; the EMA is
 ``θ̄ ← decay · θ̄ + (1 − decay) · θ`` after every step. A non-finite loss or gradient norm stops
 training with :class:`FloatingPointError`, leaving the last checkpoint (always a good state) as is.
 
@@ -26,7 +32,7 @@ Example:
     >>> data = torch.randn(64, 3)
     >>> def loss_fn(model, batch, generator):
     ...     return ((model(batch[:, :2]).squeeze(1) - batch[:, 2]) ** 2).mean()
-    >>> result = train(model, loss_fn, data, TrainingConfig(steps=5, batch_size=8, progress=False))
+    >>> result = train(model, loss_fn, data, TrainingConfig(iterations=5, batch_size=8, progress=False))
     >>> result.step
     5
 """
@@ -34,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -46,10 +53,12 @@ from tqdm.auto import tqdm
 
 from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["TrainingConfig", "ExponentialMovingAverage", "TrainingResult", "resolve_device", "train"]
+__all__ = ["TrainingConfig", "ExponentialMovingAverage", "TrainingResult", "resolve_device", "run_fingerprint", "train"]
 
 # Fields that may change between a run and its resumption without changing the trajectory.
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "progress", "device"}
+_RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "progress", "device"}
+# Config fields under their names before the vocabulary was unified (read from older checkpoints).
+_OLD_FIELD_NAMES = {"steps": "iterations", "warmup_steps": "warmup_iterations"}
 
 
 @dataclass(frozen=True)
@@ -57,24 +66,24 @@ class TrainingConfig:
     """Optimisation settings (task presets live with the task, e.g. ``prior_training_config``).
 
     Args:
-        steps: total optimiser steps.
+        iterations: total optimiser steps.
         batch_size: global batch (split evenly over data-parallel ranks).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW decoupled weight decay.
-        warmup_steps: linear LR warm-up length (0: none).
+        warmup_iterations: linear LR warm-up length in iterations (0: none).
         grad_clip: max global gradient norm (None: no clipping).
         ema_decay: EMA decay per step (0: EMA equals the weights).
-        checkpoint_every: steps between checkpoints (the last step is always saved).
+        checkpoint_every: iterations between checkpoints (the last step is always saved).
         seed: seeds the data generator (and thus everything).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         progress: show a tqdm bar with the loss (rank 0 only).
     """
 
-    steps: int
+    iterations: int
     batch_size: int = 64
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 0
+    warmup_iterations: int = 0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
@@ -83,8 +92,8 @@ class TrainingConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup_steps < 0:
-            raise ValueError(f"need steps ≥ 0, batch_size ≥ 1, checkpoint_every ≥ 1, warmup_steps ≥ 0: {self}")
+        if self.iterations < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup_iterations < 0:
+            raise ValueError(f"need iterations ≥ 0, batch_size ≥ 1, checkpoint_every ≥ 1, warmup_iterations ≥ 0: {self}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
         if not (0.0 <= self.ema_decay < 1.0):
@@ -93,9 +102,9 @@ class TrainingConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 
     def learning_rate_at(self, step: int) -> float:
-        if self.warmup_steps == 0:
+        if self.warmup_iterations == 0:
             return self.learning_rate
-        return self.learning_rate * min(1.0, (step + 1) / self.warmup_steps)
+        return self.learning_rate * min(1.0, (step + 1) / self.warmup_iterations)
 
 
 class ExponentialMovingAverage:
@@ -169,16 +178,23 @@ def _draw_batch(data, generator: torch.Generator, global_batch: int, rank: int, 
 def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfig, checkpoint_path=None,
           resume: bool = True, metadata: dict | None = None,
           callback: Callable | None = None) -> TrainingResult:
-    """Optimise ``model`` in place for ``config.steps`` steps (see the module docstring).
+    """Optimise ``model`` in place for ``config.iterations`` steps (see the module docstring).
 
     Arguments:
-        checkpoint_path: where to keep the training state (None: no checkpoints). With ``resume``
-            an existing file there is loaded and training continues from its step.
-        metadata: plain values stored in every checkpoint (e.g. how to rebuild the model).
+        checkpoint_path: where to keep the training state (None: no checkpoints).
+        resume: True: continue from an existing checkpoint at ``checkpoint_path`` if it belongs to
+            this run (same data, config and metadata; else :class:`~manifold_aps.checkpoint.CheckpointError`). False: start
+            afresh, ignoring (and then overwriting) any checkpoint there.
+        metadata: plain values stored in every checkpoint and part of the run's fingerprint: what
+            defines the run besides the data and config (e.g. how to rebuild the model). Leave out
+            what may change on resumption (such as the number of iterations).
         callback: ``callback(step, loss, model)`` after each step, ``step`` counted from 1.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel and
     rank 0 writes the checkpoints.
+
+    Raises:
+        CheckpointError: the checkpoint at ``checkpoint_path`` is of another run or another model.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -200,10 +216,11 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
     start = 0
 
     path = Path(checkpoint_path) if checkpoint_path is not None else None
+    fingerprint = run_fingerprint(data, metadata) if path is not None else None
     if path is not None and resume and path.exists():
         state = load_checkpoint(path, kind="training", map_location=device)
+        _check_same_run(state, config, fingerprint, path)
         try:
-            _check_resumable(state["config"], config, path)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             ema.load_state_dict(state["ema"])
@@ -211,16 +228,16 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
             torch.set_rng_state(state["rng"]["torch"].cpu())
             losses = state["losses"].tolist()
             start = int(state["step"])
-        except (KeyError, RuntimeError, AttributeError, TypeError) as error:  # not ValueError: config mismatch
+        except (KeyError, RuntimeError, AttributeError, TypeError) as error:
             raise CheckpointError(f"cannot resume from {path}: the training checkpoint is incomplete or does not "
                                   f"match this model ({type(error).__name__}: {str(error)[:300]}); use a new "
                                   f"checkpoint path or resume=False") from None
-        if start > config.steps:
-            raise ValueError(f"{path} is at step {start}, beyond config.steps = {config.steps}")
+        if start > config.iterations:
+            raise ValueError(f"{path} is at step {start}, beyond config.iterations = {config.iterations}")
 
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     parameters = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not config.progress or rank != 0,
+    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not config.progress or rank != 0,
                desc="train", dynamic_ncols=True)
     for step in bar:
         batch = _draw_batch(data, data_generator, config.batch_size, rank, world, loss_generator, device)
@@ -251,21 +268,46 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
         done = step + 1
         if callback is not None:
             callback(done, losses[-1], model)
-        if path is not None and rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
+        if path is not None and rank == 0 and (done % config.checkpoint_every == 0 or done == config.iterations):
             save_checkpoint(path, {
-                "config": dataclasses.asdict(config), "metadata": metadata or {}, "step": done,
+                "config": dataclasses.asdict(config), "metadata": metadata or {}, "fingerprint": fingerprint, "step": done,
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": {"data": data_generator.get_state(), "torch": torch.get_rng_state()},
                 "losses": torch.tensor(losses, dtype=torch.float64),
             }, kind="training")
     bar.close()
-    return TrainingResult(step=max(start, config.steps), losses=losses, ema=ema)
+    return TrainingResult(step=max(start, config.iterations), losses=losses, ema=ema)
 
 
-def _check_resumable(stored: dict, config: TrainingConfig, path: Path):
+def run_fingerprint(data, metadata: dict | None = None) -> dict:
+    """``{"data": hex, "metadata": hex}``: sha256 of the training data tensor (dtype, shape and
+    bytes; None for a callable data source, which cannot be hashed) and of ``metadata``'s repr."""
+    data_hash = None
+    if isinstance(data, torch.Tensor):
+        values = data.detach().cpu().contiguous()
+        digest = hashlib.sha256(f"{values.dtype} {tuple(values.shape)}".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+        data_hash = digest.hexdigest()
+    return {"data": data_hash, "metadata": hashlib.sha256(repr(metadata or {}).encode()).hexdigest()}
+
+
+def _check_same_run(state: dict, config: TrainingConfig, fingerprint: dict, path: Path):
+    """Refuse to resume from the checkpoint of another run (see the module docstring)."""
+    fresh = "use a new checkpoint path, or resume=False to start afresh (it overwrites this checkpoint)"
+    stored = state.get("fingerprint")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"cannot resume from {path}: it was written without a run fingerprint (by an older "
+                              f"manifold_aps), so it may belong to another run; {fresh}")
     current = dataclasses.asdict(config)
-    changed = {key for key in current if key not in _RESUMABLE_CHANGES and stored.get(key) != current[key]}
+    stored_config = {_OLD_FIELD_NAMES.get(key, key): value for key, value in state.get("config", {}).items()}
+    changed = sorted(key for key in current if key not in _RESUMABLE_CHANGES and stored_config.get(key) != current[key])
+    differences = [f"the training data (sha256 {str(stored.get('data'))[:12]}… there, {str(fingerprint['data'])[:12]}… now)"
+                   ] if stored.get("data") != fingerprint["data"] else []
     if changed:
-        raise ValueError(f"cannot resume from {path}: its config differs in {sorted(changed)} "
-                         f"({ {k: stored.get(k) for k in sorted(changed)} } vs { {k: current[k] for k in sorted(changed)} }); "
-                         f"use a new checkpoint path or resume=False")
+        differences.append("the config (" + ", ".join(f"{key}: {stored_config.get(key)!r} there, {current[key]!r} now"
+                                                      for key in changed) + ")")
+    if stored.get("metadata") != fingerprint["metadata"]:
+        differences.append(f"the run metadata ({state.get('metadata')!r:.300})")
+    if differences:
+        raise CheckpointError(f"cannot resume from {path}: it belongs to another run; these differ: "
+                              f"{'; '.join(differences)}. To continue that run use its data and settings; otherwise {fresh}")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import manifold_aps as aps
-from manifold_aps.aps import (APSConfig, AmortizedPosteriorSampler, build_flow, fit, measure_signals, train_aps)
+from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, condition_channels, fit, train_aps
+from manifold_aps.flows import build_flow
 from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.diffusion import DiffusionPrior, GaussianNoisePredictor
 from manifold_aps.metrics import psnr
@@ -33,17 +34,24 @@ def exact_prior(field) -> DiffusionPrior:
     return DiffusionPrior(GaussianNoisePredictor(torch.zeros(padded, dtype=torch.float64), covariance), LAYOUT)
 
 
+def task_operator(blind=False):
+    if blind:
+        return aps.BlindVertexMask(LAYOUT.num_vertices, LAYOUT.padded_vertices, (0.3, 0.6), NOISE)
+    return aps.RandomVertexMask(LAYOUT.num_vertices, LAYOUT.padded_vertices, 0.6, NOISE)
+
+
 def make_model(kind, field, blind=False, **overrides):
     torch.manual_seed(0)  # same network initialisation for every model built here
     config = APSConfig.preset("smoke", **overrides)
-    flow = build_flow(kind, LAYOUT, blind, config, MESH.edge_index)
-    return AmortizedPosteriorSampler(flow, exact_prior(field), NOISE, blind=blind, num_times=config.num_times), config
+    flow = build_flow(kind, LAYOUT, condition_channels(LAYOUT, blind, False), MESH.edge_index, **config.flow_shape())
+    model = AmortizedPosteriorSampler(flow, exact_prior(field), task_operator(blind), num_times=config.num_times)
+    return model, config
 
 
 def measurements(field, count, seed=0, fixed_mask=False):
     generator = torch.Generator().manual_seed(seed)
     signals = LAYOUT.pad(field.sample(count, generator=generator).float()[..., None])
-    operator = aps.RandomVertexMask(LAYOUT.num_vertices, LAYOUT.padded_vertices, 0.6, NOISE)
+    operator = task_operator()
     observed = operator.sample_observed(1 if fixed_mask else count, generator).expand(count, -1)
     return signals, operator.measure(signals, observed, generator)
 
@@ -64,7 +72,7 @@ def test_loss_terms_follow_the_objective(kind):
     x = LAYOUT.pad(z.reshape(5, -1, 1))
     expected = ((measurement.y - x) ** 2 * measurement.observed[..., None]).flatten(1).sum(1) / (2 * NOISE**2)
     torch.testing.assert_close(terms["fidelity"], expected)
-    weighted = AmortizedPosteriorSampler(model.flow, model.prior, NOISE, prior_weight=0.0, logdet_weight=2.0)
+    weighted = AmortizedPosteriorSampler(model.flow, model.prior, task_operator(), prior_weight=0.0, logdet_weight=2.0)
     torch.testing.assert_close(weighted(measurement, torch.Generator().manual_seed(0))["loss"], expected)
 
 
@@ -85,7 +93,7 @@ def test_gaussian_posterior_matches_exact():
     torch.manual_seed(0)
     field = gaussian_field(nugget=0.1)
     signals, measurement = measurements(field, 600, fixed_mask=True)
-    model, config = make_model("realnvp", field, iterations=3000, n_steps=4)
+    model, config = make_model("realnvp", field, iterations=3000, flow_depth=4)
     train_aps(model, measurement[:500], config, progress=False)
     test = measurement[500:]
     V = LAYOUT.num_vertices
@@ -168,7 +176,7 @@ def test_bad_input_is_rejected():
     prior = exact_prior(gaussian_field())
     with pytest.raises(ValueError, match="noise_std"):
         fit(MESH, signals, noise_std=-0.1, prior=prior, scale="smoke")
-    with pytest.raises(ValueError, match="hidden_fraction"):
+    with pytest.raises(ValueError, match=r"mask_rate \(the hidden fraction\) must be in \[0, 1\)"):
         fit(MESH, signals, mask_rate=1.0, prior=prior, scale="smoke")
     with pytest.raises(ValueError, match="do not fit this mesh"):
         fit(MESH, signals[:, :50], prior=prior, scale="smoke")
@@ -182,4 +190,4 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="all NaN"):
         model.posterior(np.full(MESH.num_vertices, np.nan))
     with pytest.raises(ValueError, match="no observed vertex"):
-        measure_signals(aps.RandomVertexMask(84, 96, 0.5, 0.05), torch.full((1, 96, 1), float("nan")))
+        aps.RandomVertexMask(84, 96, 0.5, 0.05)(torch.full((1, 96, 1), float("nan")))

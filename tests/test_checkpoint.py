@@ -2,12 +2,15 @@
 
 import os
 import pickle
+import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from manifold_aps import __version__
-from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from manifold_aps.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_keeps_tensors_values_and_header(tmp_path):
@@ -63,3 +66,45 @@ def test_newer_format_is_refused(tmp_path):
                tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="newer"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+def test_a_read_only_checkpoint_is_kept_not_replaced(tmp_path):
+    path = save_checkpoint(tmp_path / "state.pt", {"x": torch.zeros(3)}, kind="test")
+    path.chmod(0o444)  # tests run as root, who could write anyway: the owner write bit is what counts
+    with pytest.raises(PermissionError, match=r"refusing to replace .*state\.pt.*read-only"):
+        save_checkpoint(path, {"x": torch.ones(3)}, kind="test")
+    assert torch.equal(load_checkpoint(path)["x"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_new_files_follow_the_umask_and_replaced_files_keep_their_mode(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "state.pt", {"x": torch.zeros(3)}, kind="test")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)
+        save_checkpoint(path, {"x": torch.ones(3)}, kind="test")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(previous)
+
+
+def test_a_failed_write_leaves_nothing_and_leftovers_of_a_killed_save_are_removed(tmp_path):
+    path = save_checkpoint(tmp_path / "state.pt", {"x": torch.zeros(3)}, kind="test")
+
+    def crash(file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, crash)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)  # a process that has ended, like a killed training run
+    leftover = tmp_path / f".state.pt.saving-{dead_pid}-k3j_x9.tmp"
+    running = tmp_path / f".state.pt.saving-{os.getppid()}-a8b2c1.tmp"  # a save still going on elsewhere
+    foreign = tmp_path / ".state.pt.notes.tmp"  # not ours
+    for file in (leftover, running, foreign):
+        file.write_bytes(b"partial")
+    save_checkpoint(path, {"x": torch.ones(3)}, kind="test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, foreign.name, "state.pt"])

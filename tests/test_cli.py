@@ -2,7 +2,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from manifold_aps.cli import main
 
@@ -29,12 +31,12 @@ def test_train_prior_smoke_writes_a_loadable_prior(mirror, tmp_path, capsys):
     from manifold_aps.diffusion import load_prior
 
     config = tmp_path / "options.json"
-    config.write_text(json.dumps({"steps": 3, "network_config": {"width": 32, "depth": 1}}))
+    config.write_text(json.dumps({"iterations": 3, "network_config": {"width": 32, "depth": 1}}))
     output = tmp_path / "prior.pt"
     assert main(["train-prior", "--task", "era5_proxy", "--scale", "smoke", "--limit", "8", "--output", str(output),
-                 "--config", str(config), "--steps", "4"]) == 0
+                 "--config", str(config), "--iterations", "4"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["steps"] == 4  # the command line wins over the config file
+    assert report["iterations"] == 4  # the command line wins over the config file
     prior = load_prior(output)
     assert prior.layout.num_vertices == 4140 and prior.normalizer.minimum == pytest.approx(202.66)
 
@@ -47,7 +49,6 @@ def test_bad_config_key_is_named(tmp_path):
 
 
 def test_fit_then_sample_on_user_files(tmp_path, capsys):
-    import numpy as np
 
     import manifold_aps as aps
     from manifold_aps.data.gaussian_fields import GaussianRandomField
@@ -71,3 +72,28 @@ def test_fit_then_sample_on_user_files(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         main(["sample", "--model", str(tmp_path / "aps.pt"), "--input", str(tmp_path / "missing.npz"), "--output", "x.npz"])
+
+
+def test_sample_writes_cf_netcdf_in_the_callers_units_and_grid(tmp_path, capsys):
+    import xarray as xr
+
+    import manifold_aps as aps
+
+    mesh = aps.latlon_sphere(30.0)
+    grid = aps.signals.latlon_grid(mesh)
+    field = aps.data.GaussianRandomField(mesh, length_scale=1.0, num_modes=20, nugget=0.05, mean=0.5, variance=0.02)
+    kelvin = 250.0 + 40.0 * field.sample(24, torch.Generator().manual_seed(0)).float()
+    signals = aps.signals.vertices_to_grid(kelvin, grid.latitude, grid.longitude).assign_attrs(units="K")
+    model = aps.fit(mesh, signals, noise_std=0.05, scale="smoke", progress=False, iterations=3)
+    model.save(tmp_path / "aps.pt")
+    observed = signals[:2].where(np.random.default_rng(0).random(signals[:2].shape) > 0.5)
+    observed = observed.assign_attrs(long_name="2 m temperature").sortby("latitude")  # south → north
+    observed.to_dataset(name="t2m").to_netcdf(tmp_path / "observed.nc")
+    assert main(["sample", "--model", str(tmp_path / "aps.pt"), "--input", str(tmp_path / "observed.nc"), "--n", "40",
+                 "--keep", "3", "--quantiles", "0.1,0.9", "--output", str(tmp_path / "posterior.nc")]) == 0
+    result = xr.open_dataset(tmp_path / "posterior.nc")
+    assert result.attrs["Conventions"] == "CF-1.8" and "aps.pt" in result.attrs["history"]
+    assert result["mean"].attrs["units"] == "K" and "2 m temperature" in result["mean"].attrs["long_name"]
+    assert result["quantiles"].sizes["quantile"] == 2 and result["samples"].sizes["draw"] == 3
+    np.testing.assert_array_equal(result["latitude"].values, observed["latitude"].values)  # the caller's order
+    assert 200 < float(result["mean"].min()) and float(result["mean"].max()) < 340

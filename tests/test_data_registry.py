@@ -67,6 +67,16 @@ def test_unknown_name_lists_registered_names():
         fetch("no_such_file")
 
 
+def test_the_110m_coastline_ships_with_the_package(tmp_path, monkeypatch):
+    monkeypatch.delenv("MANIFOLD_APS_DATA", raising=False)
+    monkeypatch.setenv("MANIFOLD_APS_CACHE", str(tmp_path))
+    for suffix in ("shp", "shx", "dbf", "prj", "cpg"):
+        entry = REGISTRY[f"ne_110m_coastline_{suffix}"]
+        assert fetch(entry.name, verify=True) == registry.PACKAGED_ROOT / entry.path
+        assert entry.url == "https://naciscdn.org/naturalearth/110m/physical/ne_110m_coastline.zip"
+    assert natural_earth_dir() == registry.PACKAGED_ROOT / "natural_earth"
+
+
 @needs_mirror
 def test_mirror_hit_and_verified(monkeypatch, tmp_path):
     monkeypatch.setenv("MANIFOLD_APS_CACHE", str(tmp_path))

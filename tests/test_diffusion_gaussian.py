@@ -12,7 +12,7 @@ import torch
 from manifold_aps.diffusion import DiffusionPrior, GaussianNoisePredictor, VPSDE
 from manifold_aps.diffusion.likelihood import bits_per_dim, elbo_bound, elbo_constant, ode_log_likelihood
 from manifold_aps.diffusion.sampling import (sample_ancestral, sample_euler_maruyama, sample_ode,
-                                             sample_ode_adaptive)
+                                             sample_ode_adaptive, time_grid)
 from manifold_aps.signals import VertexLayout
 
 DIM = 6
@@ -104,18 +104,18 @@ def test_elbo_constant_matches_its_integrals():
     assert elbo_constant(sde, 10) == pytest.approx(5 * float(normaliser - integrated_beta), rel=1e-6)
 
 
-@pytest.mark.parametrize("sampler, num_steps", [(sample_euler_maruyama, 250), (sample_ancestral, 200),
-                                                (sample_ode, 50), (sample_ode_adaptive, None)])
-def test_gaussian_reverse_samplers_match_mean_and_covariance(gaussian, sampler, num_steps):
+@pytest.mark.parametrize("sampler, diffusion_steps", [(sample_euler_maruyama, 250), (sample_ancestral, 200),
+                                                      (sample_ode, 50), (sample_ode_adaptive, None)])
+def test_gaussian_reverse_samplers_match_mean_and_covariance(gaussian, sampler, diffusion_steps):
     prior, mean, covariance = gaussian
     count = 6000
     generator = torch.Generator().manual_seed(8)
     x_T = torch.randn(count, DIM, generator=generator, dtype=torch.float64)
-    if num_steps is None:
+    if diffusion_steps is None:
         samples, nfe = sampler(prior, x_T, rtol=1e-6, atol=1e-6)
     else:
-        samples, nfe = sampler(prior, x_T, num_steps, generator=generator)
-        assert nfe == num_steps * (2 if sampler is sample_ode else 1)
+        samples, nfe = sampler(prior, x_T, diffusion_steps=diffusion_steps, generator=generator)
+        assert nfe == diffusion_steps * (2 if sampler is sample_ode else 1)
     # Sampling error of the moments of 6000 draws: ~ sqrt(Σ_ii / n) ≤ 0.016 for the mean.
     assert (samples.mean(0) - mean).abs().max() < 0.06
     covariance_error = torch.linalg.matrix_norm(torch.cov(samples.T) - covariance) / torch.linalg.matrix_norm(covariance)
@@ -125,12 +125,13 @@ def test_gaussian_reverse_samplers_match_mean_and_covariance(gaussian, sampler, 
 def test_sampler_callback_sees_every_step(gaussian):
     prior, _, _ = gaussian
     seen = []
-    sample_ancestral(prior, torch.randn(2, DIM, dtype=torch.float64), 7, callback=lambda info: seen.append(info["t"]))
+    sample_ancestral(prior, torch.randn(2, DIM, dtype=torch.float64), time_grid(7, prior.sde.eps),
+                     callback=lambda info: seen.append(info["t"]))
     assert len(seen) == 7 and seen[0] == 1.0 and seen == sorted(seen, reverse=True)
-    with pytest.raises(ValueError, match="num_steps"):
-        sample_euler_maruyama(prior, torch.randn(2, DIM, dtype=torch.float64), 0)
+    with pytest.raises(ValueError, match="diffusion_steps"):
+        sample_euler_maruyama(prior, torch.randn(2, DIM, dtype=torch.float64), diffusion_steps=0)
     with pytest.raises(ValueError, match="x_T"):
-        sample_ode(prior, torch.randn(2, DIM + 1, dtype=torch.float64), 3)
+        sample_ode(prior, torch.randn(2, DIM + 1, dtype=torch.float64), diffusion_steps=3)
 
 
 def test_gaussian_likelihoods_of_padded_signals_count_only_real_entries():

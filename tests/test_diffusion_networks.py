@@ -96,7 +96,7 @@ def test_training_checkpoint_loads_as_prior_with_ema_weights(tmp_path):
     layout = VertexLayout(20)
     prior = DiffusionPrior(build_network("mlp", layout, **CONFIGS["mlp"]), layout)
     data = torch.nn.functional.pad(torch.randn(64, 20, generator=torch.Generator().manual_seed(1)), (0, 12))
-    config = prior_training_config("smoke", steps=6, progress=False, device="cpu")
+    config = prior_training_config("smoke", iterations=6, progress=False, device="cpu")
     train_prior(prior, data, config, checkpoint_path=tmp_path / "train.pt")
     loaded = load_prior(tmp_path / "train.pt")
     for name, value in prior.state_dict().items():
@@ -109,9 +109,9 @@ def test_training_checkpoint_loads_as_prior_with_ema_weights(tmp_path):
 
 
 def test_presets():
-    assert prior_training_config("paper", task="bunny").steps == 500_000
+    assert prior_training_config("paper", task="bunny").iterations == 500_000
     paper = prior_training_config("paper", task="era5")
-    assert (paper.steps, paper.batch_size, paper.learning_rate) == (360_000, 64, 2e-4)
-    assert prior_training_config("smoke", steps=3).steps == 3
-    with pytest.raises(ValueError, match="unknown preset"):
+    assert (paper.iterations, paper.batch_size, paper.learning_rate) == (360_000, 64, 2e-4)
+    assert prior_training_config("smoke", iterations=3).iterations == 3
+    with pytest.raises(ValueError, match="unknown scale"):
         prior_training_config("huge")

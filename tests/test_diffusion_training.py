@@ -25,13 +25,13 @@ def test_trained_prior_samples_approach_the_field_covariance():
 
     torch.manual_seed(0)
     prior = DiffusionPrior(build_network("mlp", layout, width=128, depth=2), layout)
-    config = prior_training_config("smoke", steps=1500, batch_size=128, learning_rate=3e-3, warmup_steps=50,
+    config = prior_training_config("smoke", iterations=1500, batch_size=128, learning_rate=3e-3, warmup_iterations=50,
                                    ema_decay=0.99, progress=False, device="cpu")
     result = train_prior(prior, data, config)
     assert sum(result.losses[-50:]) / 50 < 0.5 * sum(result.losses[:10]) / 10
 
     x_T = torch.randn(2000, layout.dim, generator=torch.Generator().manual_seed(1))
-    samples = layout.unpad(sample_ancestral(prior.eval(), x_T, 50).sample)[:, :, 0].double()
+    samples = layout.unpad(sample_ancestral(prior.eval(), x_T, diffusion_steps=50).sample)[:, :, 0].double()
     learned = _relative_error(torch.cov(samples.T), covariance)
     # References (relative Frobenius error): an exact sampler's 2000 draws ≈ 0.09 (sampling noise);
     # ignoring all correlations (the diagonal of Σ) = 0.56; the untrained network diverges (> 1e3); 1500 steps reach ≈ 0.26.

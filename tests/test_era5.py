@@ -93,7 +93,7 @@ def test_netcdf_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         era5.load_t2m(tmp_path / "missing.nc")
     bad = xr.Dataset({"precip": (("lat", "lon"), np.zeros((3, 4)))}, coords={"lat": [0, 1, 2], "lon": [0, 1, 2, 3]})
-    with pytest.raises(ValueError, match="no 2 m temperature variable"):
+    with pytest.raises(ValueError, match=r"no variable among \['precip'\] is one of \('t2m'"):
         era5.load_t2m(bad)
 
 
@@ -122,7 +122,7 @@ def test_vertex_round_trip_and_order(sample):
 
 
 def test_gasp_normalizer(sample):
-    assert era5.GASP_NORMALIZER == aps.MinMaxNormalizer(202.66, 320.93)
+    assert era5.GASP_NORMALIZER == aps.MinMaxNormalizer(202.66, 320.93, "K")
     normalized = era5.GASP_NORMALIZER.normalize(sample.values)
     assert -0.001 < normalized.min() < 0.01 and 0.9 < normalized.max() < 1.0
 

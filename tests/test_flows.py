@@ -1,4 +1,5 @@
-"""Conditional flows: invertibility, exact log-determinants, identity at initialisation, save/load."""
+"""Conditional flows: invertibility, exact log-determinants, identity at initialisation, save/load,
+loading package 0.1.0 checkpoints. The layers one by one: tests/test_flow_layers.py."""
 
 import pytest
 import torch
@@ -12,11 +13,12 @@ MESH = latlon_sphere(60.0)  # 18 vertices: small enough for dense Jacobians
 
 def make_flow(kind: str, **overrides):
     if kind.startswith("realnvp"):
-        config = dict(dim=MESH.num_vertices, cond_dim=2 * MESH.num_vertices, n_steps=3, hidden=16, permutation="random",
+        config = dict(dim=MESH.num_vertices, cond_dim=2 * MESH.num_vertices, depth=3, hidden=16, permutation="random",
                       aligned_features=2 if kind == "realnvp_aligned" else 0)
         config.update(overrides)
         return ConditionalRealNVP(**config)
-    config = dict(num_vertices=MESH.num_vertices, cond_channels=2, n_steps=2, hidden=8, partition="parity")
+    config = dict(num_vertices=MESH.num_vertices, cond_channels=2, depth=2, hidden=8, partition="parity",
+                  order=1 if kind == "mesh_order1" else 3)
     config.update(overrides)
     return ConditionalMeshFlow(MESH.edge_index, **config)
 
@@ -34,7 +36,7 @@ def perturb_weights(flow: torch.nn.Module, scale: float = 0.3):
     return flow
 
 
-FLOWS = ["realnvp", "realnvp_aligned", "mesh"]  # aligned: per-coordinate skips from (y, mask)
+FLOWS = ["realnvp", "realnvp_aligned", "mesh", "mesh_order1"]  # aligned: per-coordinate skips from (y, mask)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -109,3 +111,26 @@ def test_actnorm_initialises_on_first_batch():
     before = layer.bias.clone()
     layer.inverse(data * 10)  # later batches leave the initialisation alone
     assert torch.equal(layer.bias, before)
+
+
+@pytest.mark.parametrize("kind", FLOWS)
+def test_loads_package_0_1_checkpoints(kind):
+    """Package 0.1.0 called the depth ``n_steps`` in configs and stored each coupling's network
+    entries on the coupling itself (``layers.1.net.0.weight``, ``layers.1.active_coordinates``, ...)."""
+    flow = perturb_weights(make_flow(kind, seed=2))
+    config = dict(flow.config)
+    config["n_steps"] = config.pop("depth")
+    state = {key.replace(".conditioner.", "."): value for key, value in flow.state_dict().items()}
+    for key in [key for key in state if key.endswith(".net.0.weight")]:  # every 0.1.0 vector coupling had it
+        state.setdefault(key.replace("net.0.weight", "active_coordinates"), torch.arange(MESH.num_vertices // 2))
+    with pytest.warns(DeprecationWarning, match="depth"):
+        rebuilt = ConditionalMeshFlow(MESH.edge_index, **config) if kind.startswith("mesh") else ConditionalRealNVP(**config)
+    rebuilt.load_state_dict(state)
+    assert rebuilt.config == flow.config
+    z, c = torch.randn(5, MESH.num_vertices), condition(5).float()
+    torch.testing.assert_close(rebuilt(z, c)[0], flow(z, c)[0], atol=0, rtol=0)
+
+
+def test_depth_counts_coupling_steps():
+    assert sum(isinstance(layer, ActNorm) for layer in make_flow("realnvp", depth=5).layers) == 5
+    assert sum(isinstance(layer, ActNorm) for layer in make_flow("mesh", depth=4).layers) == 4

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 import manifold_aps as aps
-from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, build_flow, fit_gaussian_base, measure_signals
+from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, condition_channels
 from manifold_aps.data.gaussian_fields import GaussianRandomField
+from manifold_aps.flows import build_flow
+from manifold_aps.gaussian_posterior import fit_gaussian_base
 from manifold_aps.operators import RandomVertexMask
 
-from test_aps import LAYOUT, MESH, NOISE, exact_prior
+from test_aps import LAYOUT, MESH, NOISE, exact_prior, task_operator
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +23,15 @@ def field():
 def identity_model(field, kind="mesh", blind=False, base_rank=64):
     torch.manual_seed(0)
     config = APSConfig.preset("smoke")
-    flow = build_flow(kind, LAYOUT, blind, config, MESH.edge_index, gaussian_base=True)
-    return AmortizedPosteriorSampler(flow, exact_prior(field), NOISE, blind=blind, base=field, base_rank=base_rank)
+    flow = build_flow(kind, LAYOUT, condition_channels(LAYOUT, blind, True), MESH.edge_index, **config.flow_shape())
+    return AmortizedPosteriorSampler(flow, exact_prior(field), task_operator(blind), base=field, base_rank=base_rank)
 
 
 def measurement_of(field, count=3, seed=0):
     generator = torch.Generator().manual_seed(seed)
     truth = field.sample(count, generator).float()[..., None]
     operator = RandomVertexMask(LAYOUT.num_vertices, LAYOUT.padded_vertices, 0.6, NOISE)
-    return measure_signals(operator, LAYOUT.pad(truth), generator)
+    return operator(LAYOUT.pad(truth), generator)
 
 
 @pytest.mark.parametrize("kind", ["realnvp", "mesh"])

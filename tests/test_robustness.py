@@ -20,11 +20,12 @@ import pytest
 import torch
 
 import manifold_aps as aps
-from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, build_flow, fit, measure_signals, train_aps
+from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, condition_channels, fit, train_aps
 from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from manifold_aps.cli import main as cli_main
 from manifold_aps.data import era5
 from manifold_aps.data.registry import fetch
+from manifold_aps.flows import build_flow
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 MESH = aps.healpix_sphere(1)  # 12 vertices, 20 faces: every fit here takes well under a second
@@ -112,10 +113,10 @@ def test_bad_mesh_files_are_named(tmp_path, name, content, error, message):
     (with_values((2, 5), -np.inf), {}, ValueError, "±inf"),
     (with_values(1, np.nan), {}, ValueError, r"signal\(s\) \[1\] are all NaN"),
     (np.full((8, V), np.nan), {}, ValueError, "all NaN"),
-    (signals(), dict(mask_rate=1.0), ValueError, r"hidden_fraction must be in \[0, 1\)"),
-    (signals(), dict(mask_rate=-0.1), ValueError, r"hidden_fraction must be in \[0, 1\)"),
-    (signals(), dict(mask_rate=float("nan")), ValueError, r"hidden_fraction must be in \[0, 1\)"),
-    (signals(), dict(mask_rate="0.5"), TypeError, "hidden_fraction must be a real number"),
+    (signals(), dict(mask_rate=1.0), ValueError, r"mask_rate \(the hidden fraction\) must be in \[0, 1\)"),
+    (signals(), dict(mask_rate=-0.1), ValueError, r"mask_rate \(the hidden fraction\) must be in \[0, 1\)"),
+    (signals(), dict(mask_rate=float("nan")), ValueError, r"mask_rate \(the hidden fraction\) must be in \[0, 1\)"),
+    (signals(), dict(mask_rate="0.5"), TypeError, r"mask_rate \(the hidden fraction\) must be a real number"),
     (signals(), dict(blind=True, hidden_range=(0.2, 1.2)), ValueError, r"hidden_range bounds must be in \[0, 1\)"),
     (signals(), dict(blind=True, hidden_range=(0.6, 0.2)), ValueError, "low ≤ high"),
     (signals(), dict(noise_std=-0.1), ValueError, "noise_std must be a positive number"),
@@ -198,7 +199,7 @@ def test_nan_is_never_observed_and_never_training_data(monkeypatch):
     layout = aps.VertexLayout(V)
     batch, _ = layout.to_batch(data)
     operator = aps.RandomVertexMask(V, layout.padded_vertices, hidden_fraction=0.25, noise_std=0.05)
-    measurement = measure_signals(operator, batch, torch.Generator().manual_seed(0))
+    measurement = operator(batch, torch.Generator().manual_seed(0))
     assert torch.isfinite(measurement.y).all()
     assert not measurement.observed[2, 3] and not measurement.observed[5, :4].any()
     assert (measurement.y[~measurement.observed] == 0).all()
@@ -263,7 +264,7 @@ def test_damaged_model_and_prior_files_are_named(model, tmp_path):
 def test_resume_from_a_checkpoint_of_another_model_is_named(tmp_path):
     from manifold_aps.trainer import TrainingConfig, train
 
-    config = TrainingConfig(steps=2, batch_size=4, checkpoint_every=1, progress=False, device="cpu")
+    config = TrainingConfig(iterations=2, batch_size=4, checkpoint_every=1, progress=False, device="cpu")
     data = torch.randn(16, 3)
 
     def loss_fn(module, batch, generator):
@@ -330,7 +331,7 @@ def test_same_seed_same_measurements_and_samples():
     layout = aps.VertexLayout(V)
     batch, _ = layout.to_batch(signals())
     operator = aps.RandomVertexMask(V, layout.padded_vertices, 0.5, 0.05)
-    first, again, other = (measure_signals(operator, batch, torch.Generator().manual_seed(seed)) for seed in (0, 0, 1))
+    first, again, other = (operator(batch, torch.Generator().manual_seed(seed)) for seed in (0, 0, 1))
     assert torch.equal(first.y, again.y) and torch.equal(first.observed, again.observed)
     assert not torch.equal(first.observed, other.observed)
 
@@ -354,10 +355,11 @@ def test_non_finite_aps_loss_stops_training_and_keeps_the_last_good_checkpoint(t
     layout = aps.VertexLayout(V)
     prior = fit(MESH, signals(), **TINY).prior
     config = APSConfig.preset("smoke", iterations=12, checkpoint_every=3, batch_size=8)
-    model = AmortizedPosteriorSampler(build_flow("realnvp", layout, False, config), prior, 0.05)
+    operator = aps.RandomVertexMask(V, layout.padded_vertices, 0.5, 0.05)
+    flow = build_flow("realnvp", layout, condition_channels(layout, False, False), **config.flow_shape())
+    model = AmortizedPosteriorSampler(flow, prior, operator)
     batch, _ = layout.to_batch(signals())
-    measurements = measure_signals(aps.RandomVertexMask(V, layout.padded_vertices, 0.5, 0.05), batch,
-                                   torch.Generator().manual_seed(0))
+    measurements = operator(batch, torch.Generator().manual_seed(0))
     elbo, calls = prior.elbo, []
 
     def failing_elbo(*args, **kwargs):
@@ -379,10 +381,10 @@ def test_flow_log_scales_stay_bounded_for_extreme_weights(kind):
     finite Jacobian with ``|log det| ≤ bound · (updated entries)``."""
     layout = aps.VertexLayout(V)
     config = APSConfig.preset("smoke", scale_bound=1.5)
-    flow = build_flow(kind, layout, False, config, MESH.edge_index)
+    flow = build_flow(kind, layout, condition_channels(layout, False, False), MESH.edge_index, **config.flow_shape())
     condition = flow.prepare_condition(torch.randn(4, V, 2))
     couplings = [module for module in flow.modules() if hasattr(module, "scale_bound")]
-    assert len(couplings) == 2 * config.n_steps
+    assert len(couplings) == 2 * config.flow_depth
     torch.manual_seed(0)
     for coupling in couplings:
         with torch.no_grad():
@@ -390,7 +392,7 @@ def test_flow_log_scales_stay_bounded_for_extreme_weights(kind):
                 if isinstance(layer, torch.nn.Linear):
                     layer.weight.normal_().mul_(1e4)  # raw log-scales of order 1e4 and beyond
         z = 10 * torch.randn(4, flow.dim)
-        x, log_det = flow.apply_layer(coupling, z, condition, inverse=False)
+        x, log_det = coupling(z, condition)  # every layer: (values, condition) -> (values, log_det)
         assert torch.isfinite(x).all() and torch.isfinite(log_det).all()
         assert log_det.abs().max() <= config.scale_bound * flow.dim
         assert log_det.abs().max() > 0.5 * config.scale_bound  # saturated, not switched off

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from manifold_aps.checkpoint import load_checkpoint
-from manifold_aps.trainer import TrainingConfig, resolve_device, train
+from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from manifold_aps.trainer import TrainingConfig, resolve_device, run_fingerprint, train
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -34,13 +34,13 @@ def _model():
     return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
 
 
-CONFIG = TrainingConfig(steps=12, batch_size=16, learning_rate=1e-2, warmup_steps=4, ema_decay=0.9,
+CONFIG = TrainingConfig(iterations=12, batch_size=16, learning_rate=1e-2, warmup_iterations=4, ema_decay=0.9,
                         checkpoint_every=3, progress=False, device="cpu")
 
 
 def test_training_reduces_the_loss_and_checkpoints(tmp_path):
     model = _model()
-    result = train(model, _noisy_loss, _regression_problem(), dataclasses.replace(CONFIG, steps=200, checkpoint_every=50),
+    result = train(model, _noisy_loss, _regression_problem(), dataclasses.replace(CONFIG, iterations=200, checkpoint_every=50),
                    checkpoint_path=tmp_path / "run.pt")
     assert result.step == 200 and len(result.losses) == 200
     assert sum(result.losses[-20:]) / 20 < 0.3 * sum(result.losses[:20]) / 20
@@ -53,7 +53,7 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     straight = _model()
     straight_result = train(straight, _noisy_loss, data, CONFIG)
     resumed = _model()
-    train(resumed, _noisy_loss, data, dataclasses.replace(CONFIG, steps=6), checkpoint_path=tmp_path / "run.pt")
+    train(resumed, _noisy_loss, data, dataclasses.replace(CONFIG, iterations=6), checkpoint_path=tmp_path / "run.pt")
     fresh = _model()  # a new process would start from scratch and read everything from the file
     resumed_result = train(fresh, _noisy_loss, data, CONFIG, checkpoint_path=tmp_path / "run.pt")
     for a, b in zip(straight.state_dict().values(), fresh.state_dict().values()):
@@ -64,6 +64,36 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     with pytest.raises(ValueError, match="learning_rate"):
         train(_model(), _noisy_loss, data, dataclasses.replace(CONFIG, learning_rate=1.0),
               checkpoint_path=tmp_path / "run.pt")
+
+
+def test_resuming_another_run_is_refused_and_resume_false_starts_afresh(tmp_path):
+    data, other_data = _regression_problem(), _regression_problem().flip(0)
+    path = tmp_path / "run.pt"
+    train(_model(), _noisy_loss, data, dataclasses.replace(CONFIG, iterations=6), checkpoint_path=path,
+          metadata={"width": 16})
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*run\.pt: .*differ: the training data"):
+        train(_model(), _noisy_loss, other_data, CONFIG, checkpoint_path=path, metadata={"width": 16})
+    with pytest.raises(CheckpointError, match=r"differ: the config \(seed: 0 there, 1 now\)"):
+        train(_model(), _noisy_loss, data, dataclasses.replace(CONFIG, seed=1), checkpoint_path=path,
+              metadata={"width": 16})
+    with pytest.raises(CheckpointError, match=r"differ: the run metadata \(\{'width': 16\}\).*resume=False"):
+        train(_model(), _noisy_loss, data, CONFIG, checkpoint_path=path, metadata={"width": 32})
+    assert load_checkpoint(path, kind="training")["step"] == 6  # refusals leave the checkpoint alone
+
+    afresh, straight = _model(), _model()
+    train(afresh, _noisy_loss, other_data, CONFIG, checkpoint_path=path, resume=False, metadata={"width": 16})
+    train(straight, _noisy_loss, other_data, CONFIG)
+    for a, b in zip(straight.state_dict().values(), afresh.state_dict().values()):
+        assert torch.equal(a, b)  # nothing of the first run leaked in
+    state = load_checkpoint(path, kind="training")
+    assert state["step"] == 12 and state["fingerprint"] == run_fingerprint(other_data, {"width": 16})
+
+    del state["fingerprint"]  # a checkpoint from before fingerprints cannot prove it is this run
+    save_checkpoint(path, {key: value for key, value in state.items() if key not in
+                           ("format", "format_version", "package_version", "kind")}, kind="training")
+    with pytest.raises(CheckpointError, match="without a run fingerprint"):
+        train(_model(), _noisy_loss, other_data, dataclasses.replace(CONFIG, iterations=20), checkpoint_path=path,
+              metadata={"width": 16})
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -81,7 +111,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="ema_decay"):
-        TrainingConfig(steps=1, ema_decay=1.0)
+        TrainingConfig(iterations=1, ema_decay=1.0)
     with pytest.raises(TypeError, match="data must be"):
         train(_model(), _noisy_loss, [1, 2], CONFIG)
     with pytest.raises(ValueError, match="scalar"):
@@ -94,7 +124,7 @@ def test_callable_data_source():
         inputs = torch.randn(batch_size, 4, generator=generator)
         return torch.cat([inputs, (inputs.sum(1, keepdim=True))], dim=1)
 
-    result = train(_model(), _noisy_loss, draw, dataclasses.replace(CONFIG, steps=100))
+    result = train(_model(), _noisy_loss, draw, dataclasses.replace(CONFIG, iterations=100))
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
 
 
@@ -109,7 +139,7 @@ WORKER = textwrap.dedent("""
     torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     prior = DiffusionPrior(build_network("mlp", layout, width=32, depth=2), layout)
     data = torch.nn.functional.pad(torch.randn(64, 28, generator=torch.Generator().manual_seed(1)), (0, 4))
-    config = prior_training_config("smoke", steps=8, batch_size=8, progress=False, device="cpu")
+    config = prior_training_config("smoke", iterations=8, batch_size=8, progress=False, device="cpu")
     result = train_prior(prior, data, config)
     torch.save({"state": prior.state_dict(), "losses": result.losses}, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
 """)

@@ -1,5 +1,5 @@
 """External and generated data: the file registry, Bunny-MNIST, ERA5 (and its GCM proxy),
-Gaussian random fields with exact posteriors."""
+Gaussian random fields and Gaussian-mixture fields with exact posteriors."""
 
 from manifold_aps.data.bunny_mnist import bunny_digit_chart, load_bunny_mnist, load_mnist
 from manifold_aps.data.era5 import (
@@ -12,6 +12,7 @@ from manifold_aps.data.era5 import (
     to_vertices,
 )
 from manifold_aps.data.gaussian_fields import GaussianRandomField
+from manifold_aps.data.gaussian_mixture import GaussianMixtureField, GaussianMixturePosterior, matern_mixture
 from manifold_aps.data.registry import REGISTRY, DataFile, DataNotFoundError, fetch, natural_earth_dir
 
 __all__ = [
@@ -31,4 +32,7 @@ __all__ = [
     "from_vertices",
     "GASP_NORMALIZER",
     "GaussianRandomField",
+    "GaussianMixtureField",
+    "GaussianMixturePosterior",
+    "matern_mixture",
 ]

@@ -42,8 +42,10 @@ import scipy.sparse as sp
 import torch
 
 from manifold_aps.data.registry import cache_root, fetch
+from manifold_aps.mesh import Mesh, load_mesh
 
 __all__ = [
+    "bunny",
     "CENTER_VERTEX",
     "PIXEL_SIZE",
     "DigitChart",
@@ -84,12 +86,15 @@ class DigitChart:
         return ((self.pixel_coordinates > -1) & (self.pixel_coordinates < IMAGE_SIZE)).all(axis=1)
 
 
+def bunny() -> Mesh:
+    """The 1889-vertex Stanford bunny (``bun_zipper_res3.ply``) found through the data registry."""
+    return load_mesh(fetch("bunny_res3"), name="bunny")
+
+
 def bunny_digit_chart(mesh=None, center_vertex: int = CENTER_VERTEX, pixel_size: float = PIXEL_SIZE,
                       up=WORLD_UP) -> DigitChart:
     """The chart of the module docstring on ``mesh`` (default :func:`manifold_aps.bunny`)."""
     import potpourri3d as pp3d
-
-    from manifold_aps.mesh import bunny
 
     mesh = bunny() if mesh is None else mesh
     vertices = mesh.vertices.detach().cpu().numpy().astype(np.float64)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from manifold_aps.data.registry import fetch
-from manifold_aps.signals import MinMaxNormalizer, grid_to_vertices, vertices_to_grid
+from manifold_aps.signals import MinMaxNormalizer, convert_units, grid_to_vertices, latlon_field, vertices_to_grid
 
 __all__ = [
     "GASP_LATITUDES",
@@ -45,10 +45,9 @@ __all__ = [
 GASP_LATITUDES = np.linspace(90.0, -90.0, 46)
 GASP_LONGITUDES = np.arange(90) * 4.0
 #: GASP train-set minimum / maximum (kelvin), from the GASP / COIN++ loaders
-GASP_NORMALIZER = MinMaxNormalizer(202.66, 320.93)
+GASP_NORMALIZER = MinMaxNormalizer(202.66, 320.93, "K")
 GASP_SPLITS = ("train", "val", "test")
 _GRID_TOLERANCE = 1e-4  # degrees; the files store float32/float64 copies of exact multiples of 4
-_NAMES = {"latitude": ("latitude", "lat"), "longitude": ("longitude", "lon")}
 _VARIABLES = ("t2m", "2t", "tas", "temperature", "temperature_K")
 
 
@@ -112,31 +111,6 @@ def _open_npz(path):
         raise ValueError(f"{path} is not a readable .npz archive (damaged or not numpy data): {error}") from None
 
 
-def _standardize(dataset, variable: str | None):
-    """Pick the temperature variable and rename lat/lon to latitude/longitude."""
-    import xarray as xr
-
-    if isinstance(dataset, xr.Dataset):
-        if variable is None:
-            found = [name for name in _VARIABLES if name in dataset.data_vars]
-            if not found:
-                raise ValueError(f"no 2 m temperature variable among {list(dataset.data_vars)}; "
-                                 f"expected one of {_VARIABLES} or pass variable=")
-            variable = found[0]
-        elif variable not in dataset.data_vars:
-            raise ValueError(f"variable {variable!r} not in the dataset (has {list(dataset.data_vars)})")
-        array = dataset[variable]
-    else:
-        array = dataset
-    for standard, aliases in _NAMES.items():
-        present = [name for name in aliases if name in array.dims]
-        if not present:
-            raise ValueError(f"no {standard} dimension: expected one of {aliases}, got dims {array.dims}")
-        if present[0] != standard:
-            array = array.rename({present[0]: standard})
-    return array
-
-
 def regrid_to_gasp(array):
     """Regrid a ``(..., latitude, longitude)`` DataArray to the GASP 4° grid.
 
@@ -196,7 +170,7 @@ def load_t2m(source, variable: str | None = None):
     import xarray as xr
 
     if isinstance(source, (xr.Dataset, xr.DataArray)):
-        array = _standardize(source, variable).load()
+        array = latlon_field(source, variable, _VARIABLES).load()
     else:
         path = Path(source)
         if not path.exists():
@@ -206,7 +180,7 @@ def load_t2m(source, variable: str | None = None):
         except (ValueError, OSError) as error:  # ImportError (zarr missing) passes through
             raise ValueError(f"could not read {path} as NetCDF or zarr: {error}") from None
         with opened as dataset:
-            array = _standardize(dataset, variable).load()
+            array = latlon_field(dataset, variable, _VARIABLES).load()
     extra = [dim for dim in array.dims if dim not in ("latitude", "longitude")]
     if len(extra) > 1:
         raise ValueError(f"expected at most one dimension besides latitude/longitude (time), got {extra}; select first")
@@ -219,11 +193,7 @@ def load_t2m(source, variable: str | None = None):
     if array.size == 0:
         raise ValueError(f"the temperature data are empty (shape {dict(array.sizes)})")
     array = array.transpose("sample", "latitude", "longitude").astype(np.float64)
-    units = str(array.attrs.get("units", "K")).strip().lower()
-    if units in ("degc", "deg_c", "celsius", "degrees_celsius", "c", "°c"):
-        array = array + 273.15
-    elif units not in ("k", "kelvin", "degk", "degrees_kelvin"):
-        raise ValueError(f"temperature units {array.attrs.get('units')!r} not understood (expected K or degC)")
+    array = convert_units(array, str(array.attrs.get("units", "K")), "K")
     array = regrid_to_gasp(array)
     if not np.isfinite(array.values).any():
         raise ValueError("the temperature data hold no finite value (all NaN)")

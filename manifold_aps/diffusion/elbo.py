@@ -1,4 +1,5 @@
-"""The diffusion model's evidence lower bound as a differentiable prior term (METHOD.md §3).
+"""The diffusion model's evidence lower bound as a differentiable prior term (docs/method.md, "The
+prior: a diffusion model over vertex vectors").
 
 For a candidate signal ``x_0`` (e.g. a flow output) APS maximises
 

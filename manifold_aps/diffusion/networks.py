@@ -1,6 +1,6 @@
 """Noise networks ``ε_θ(x_t, t)`` over flattened padded vertex vectors ``(B, d)``, ``d = V_pad · C``.
 
-Two families, built by name with :func:`build_network`:
+The families, built by name with :func:`build_network`:
 
 - ``"unet1d"`` — :class:`UNet1D`, the paper's "1D formulation of DDPM": the vector is read as
   ``(B, C, V_pad)`` (vertices in file order along a 1D axis, channels as 1D channels) and passed
@@ -10,86 +10,29 @@ Two families, built by name with :func:`build_network`:
 - ``"spectral"`` — :class:`SpectralMLP`, the same MLP acting on the coefficients of the signal in
   the mesh's lowest Laplacian eigenvectors (geometry-aware, ``O(V k)`` per sample), with a learned
   time-dependent gain on the orthogonal complement.
+- ``"diffusion_net"`` — :class:`~manifold_aps.diffusion.mesh_networks.DiffusionNet`, per-vertex
+  features mixed by learned heat diffusion in a truncated Laplacian eigenbasis and by spatial
+  gradients (mesh-native, local).
+- ``"gaussian_residual"`` — :class:`~manifold_aps.diffusion.residual.GaussianResidualNetwork`,
+  the exact noise prediction of a PPCA Gaussian plus a preconditioned correction by any of the
+  networks above.
 
-Both embed the time with :class:`SinusoidalTimeEmbedding` and share the padding rule of
-:class:`NoiseNetwork`: padding vertices carry exactly zero data, so their ideal noise prediction
-is known in closed form, ``ε*(x_t, t) = x_t / σ_t`` (``x_t = σ_t e`` there). Hard-wiring it keeps
-padding out of the learning problem and makes the ELBO push any non-zero padding of a flow output
-back to zero, exactly as the true (degenerate) data density would.
+All share the time embedding and the padding rule of :mod:`manifold_aps.diffusion.noise_network`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from manifold_aps.diffusion.mesh_networks import DiffusionNet
+from manifold_aps.diffusion.noise_network import FiLMBlock, NoiseNetwork, SinusoidalTimeEmbedding
+from manifold_aps.diffusion.residual import GaussianResidualNetwork
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.signals import VertexLayout
 
-__all__ = ["SinusoidalTimeEmbedding", "NoiseNetwork", "UNet1D", "ResidualMLP", "SpectralMLP", "NETWORKS",
-           "build_network"]
-
-
-class SinusoidalTimeEmbedding(nn.Module):
-    """Transformer-style features of ``s = scale · t``: ``[sin(s ω_k), cos(s ω_k)]``,
-    ``ω_k = 10000^{−k/(D/2−1)}``.
-
-    Args:
-        dim: embedding size ``D`` (even).
-        scale: 1000 puts ``t ∈ [ε, 1]`` on DDPM's integer-step scale, so the frequencies resolve
-            differences of one step.
-    """
-
-    def __init__(self, dim: int, scale: float = 1000.0):
-        super().__init__()
-        if dim < 4 or dim % 2:
-            raise ValueError(f"time embedding dim must be even and ≥ 4, got {dim}")
-        half = dim // 2
-        frequencies = torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1))
-        self.register_buffer("frequencies", frequencies, persistent=False)
-        self.scale = scale
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = self.scale * t.float()[:, None] * self.frequencies[None, :]
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
-class NoiseNetwork(nn.Module):
-    """Base class: checks shapes and applies the padding rule ``ε = x_t / σ_t`` off the real vertices.
-
-    Subclasses implement :meth:`predict` ``(B, d), (B,) → (B, d)`` and keep their constructor
-    arguments in ``self.config`` (a dict of plain numbers) so :func:`build_network` can rebuild them
-    from a checkpoint.
-    """
-
-    name = "base"
-
-    def __init__(self, layout: VertexLayout, sde: VPSDE | None = None):
-        super().__init__()
-        if not isinstance(layout, VertexLayout):
-            raise TypeError(f"layout must be a VertexLayout, got {type(layout).__name__}")
-        self.layout = layout
-        self.sde = sde or VPSDE()
-        mask = layout.vertex_mask()[:, None].expand(layout.padded_vertices, layout.num_channels).reshape(-1)
-        self.register_buffer("real_entries", mask.clone(), persistent=False)
-        self.config: dict = {}
-
-    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.layout.dim:
-            raise ValueError(f"expected x of shape (B, {self.layout.dim}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"expected t of shape ({x.shape[0]},), got {tuple(t.shape)}")
-        dtype = next(self.parameters()).dtype
-        prediction = self.predict(x.to(dtype), t.to(dtype)).to(x.dtype)
-        if bool(self.real_entries.all()):
-            return prediction
-        padding_noise = x / self.sde.sigma(t.to(x.dtype))[:, None]
-        return torch.where(self.real_entries, prediction, padding_noise)
+__all__ = ["SinusoidalTimeEmbedding", "NoiseNetwork", "UNet1D", "ResidualMLP", "SpectralMLP", "DiffusionNet",
+           "GaussianResidualNetwork", "NETWORKS", "build_network"]
 
 
 class _ResidualBlock1D(nn.Module):
@@ -132,6 +75,7 @@ class UNet1D(NoiseNetwork):
     """
 
     name = "unet1d"
+    output_starts_at_zero = True
 
     def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, channels: int = 32,
                  channel_multipliers=(1, 2, 2, 4), blocks_per_level: int = 1, time_dim: int = 128, groups: int = 8):
@@ -209,23 +153,6 @@ class UNet1D(NoiseNetwork):
         return self.head(h).transpose(1, 2).reshape(batch, -1)
 
 
-class _FiLMBlock(nn.Module):
-    """``h + W₂ SiLU((1 + γ(t)) ⊙ W₁ LN(h) + β(t))`` with a zero-initialised ``W₂``."""
-
-    def __init__(self, width: int, time_dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.inner = nn.Linear(width, width)
-        self.time = nn.Linear(time_dim, 2 * width)
-        self.outer = nn.Linear(width, width)
-        nn.init.zeros_(self.outer.weight)
-        nn.init.zeros_(self.outer.bias)
-
-    def forward(self, h: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.time(time_features).chunk(2, dim=1)
-        return h + self.outer(nn.functional.silu(self.inner(self.norm(h)) * (1 + scale) + shift))
-
-
 class ResidualMLP(NoiseNetwork):
     """``ε_θ(x, t) = W_out h_K + c(t) x`` with ``h_0 = W_in x`` and FiLM residual blocks.
 
@@ -241,6 +168,7 @@ class ResidualMLP(NoiseNetwork):
     """
 
     name = "mlp"
+    output_starts_at_zero = True
 
     def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, width: int = 512, depth: int = 4,
                  time_dim: int = 128):
@@ -251,7 +179,7 @@ class ResidualMLP(NoiseNetwork):
         self.time_embedding = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim),
                                             nn.SiLU())
         self.input = nn.Linear(layout.dim, width)
-        self.blocks = nn.ModuleList(_FiLMBlock(width, time_dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
         self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, layout.dim))
         self.skip_gain = nn.Linear(time_dim, 1)
         nn.init.zeros_(self.output[-1].weight)
@@ -289,6 +217,7 @@ class SpectralMLP(NoiseNetwork):
     """
 
     name = "spectral"
+    uses_mesh = True
 
     def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, mesh=None, num_modes: int = 64,
                  width: int = 256, depth: int = 3, time_dim: int = 128):
@@ -307,7 +236,7 @@ class SpectralMLP(NoiseNetwork):
         self.time_embedding = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim),
                                             nn.SiLU())
         self.input = nn.Linear(num_modes * channels, width)
-        self.blocks = nn.ModuleList(_FiLMBlock(width, time_dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
         self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, num_modes * channels))
         self.complement_gain = nn.Linear(time_dim, channels)
         nn.init.zeros_(self.output[-1].weight)
@@ -333,14 +262,15 @@ class SpectralMLP(NoiseNetwork):
         return padded.reshape(batch, -1)
 
 
-NETWORKS = {UNet1D.name: UNet1D, ResidualMLP.name: ResidualMLP, SpectralMLP.name: SpectralMLP}
+NETWORKS = {network.name: network for network in (UNet1D, ResidualMLP, SpectralMLP, DiffusionNet,
+                                                   GaussianResidualNetwork)}
 
 
 def build_network(name: str, layout: VertexLayout, mesh=None, sde: VPSDE | None = None, **config) -> NoiseNetwork:
-    """A noise network by name (``"unet1d"``, ``"mlp"`` or ``"spectral"``) with its keyword ``config``.
+    """A noise network by name (a key of :data:`NETWORKS`) with its keyword ``config``.
 
-    ``mesh`` is used by ``"spectral"`` (its Laplacian eigenvectors) and ignored by the networks
-    that read the vector in file order; its vertex count must match the layout.
+    ``mesh`` is used by the mesh-aware networks (``uses_mesh``: Laplacian eigenvectors, gradients)
+    and ignored by those that read the vector in file order; its vertex count must match the layout.
 
     Example:
         >>> from manifold_aps import VertexLayout
@@ -352,6 +282,6 @@ def build_network(name: str, layout: VertexLayout, mesh=None, sde: VPSDE | None 
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
     if mesh is not None and mesh.num_vertices != layout.num_vertices:
         raise ValueError(f"mesh has {mesh.num_vertices} vertices but the layout has {layout.num_vertices}")
-    if name == SpectralMLP.name:
+    if getattr(NETWORKS[name], "uses_mesh", False):
         config = dict(config, mesh=mesh)
     return NETWORKS[name](layout, sde=sde, **config)

@@ -1,4 +1,5 @@
-"""Denoising score matching for the diffusion prior (METHOD.md §2), on top of :mod:`manifold_aps.trainer`.
+"""Denoising score matching for the diffusion prior (docs/method.md, "The prior: a diffusion model over
+vertex vectors"), on top of :mod:`manifold_aps.trainer`.
 
     L(θ) = E_{x_0, t ~ U[ε, 1], e ~ N(0, I)} ‖ε_θ(α_t x_0 + σ_t e, t) − e‖² / d
 
@@ -6,48 +7,43 @@ on padded batches whose padding entries are zero (the networks predict those exa
 :mod:`manifold_aps.diffusion.networks`). Uniform ``t`` weights every noise level equally as in
 DDPM; the likelihood-weighted (importance-sampled) objective is the ELBO of :mod:`.elbo`.
 
-Presets (:func:`prior_training_config`): ``smoke`` (seconds, for tests), ``cpu`` (hours on a
-laptop-class CPU), ``paper`` (METHOD.md §6: 500k iterations for the bunny, 360k for ERA5, batch 64,
-lr 2e-4; warm-up 5000, clipping 1 and EMA 0.9999 are the score_sde defaults the paper inherits).
+Presets (:func:`prior_training_config`) come from the one scale table, :mod:`manifold_aps.scales`.
+:func:`train_default_prior` is the prior :func:`~manifold_aps.aps.fit` trains when none is given.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from manifold_aps.diffusion.networks import build_network
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import describe_prior
 from manifold_aps.diffusion.sde import VPSDE
+from manifold_aps.scales import PAPER_PRIOR_ITERATIONS, preset
 from manifold_aps.trainer import TrainingConfig, TrainingResult, train
 
-__all__ = ["denoising_score_matching_loss", "PRIOR_PRESETS", "prior_training_config", "train_prior"]
-
-PRIOR_PRESETS = {
-    "smoke": TrainingConfig(steps=20, batch_size=16, learning_rate=1e-3, ema_decay=0.9, checkpoint_every=10),
-    "cpu": TrainingConfig(steps=20_000, batch_size=64, learning_rate=2e-4, warmup_steps=500, ema_decay=0.999,
-                          checkpoint_every=500),
-    "paper": TrainingConfig(steps=500_000, batch_size=64, learning_rate=2e-4, warmup_steps=5000, ema_decay=0.9999,
-                            checkpoint_every=5000),
-}
-_PAPER_STEPS = {"bunny": 500_000, "era5": 360_000}
+__all__ = ["denoising_score_matching_loss", "prior_training_config", "train_prior", "train_default_prior"]
 
 
-def prior_training_config(preset: str = "cpu", task: str = "bunny", **overrides) -> TrainingConfig:
-    """A :class:`~manifold_aps.trainer.TrainingConfig` preset, with ``overrides`` applied.
+def prior_training_config(scale: str = "cpu", task: str = "bunny", **overrides) -> TrainingConfig:
+    """The ``scale`` preset of :mod:`manifold_aps.scales` as a
+    :class:`~manifold_aps.trainer.TrainingConfig`, with ``overrides`` applied.
 
-    ``task`` (``"bunny"`` or ``"era5"``) only changes the ``paper`` step budget.
+    ``task`` (``"bunny"`` or ``"era5"``) only changes the ``paper`` iteration budget.
     """
-    if preset not in PRIOR_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRIOR_PRESETS)}")
-    if task not in _PAPER_STEPS:
-        raise ValueError(f"unknown task {task!r}; choose one of {sorted(_PAPER_STEPS)}")
-    config = PRIOR_PRESETS[preset]
-    if preset == "paper":
-        config = dataclasses.replace(config, steps=_PAPER_STEPS[task])
-    return dataclasses.replace(config, **overrides)
+    fields = preset(scale, "prior_training")
+    if "steps" in overrides:
+        warnings.warn("prior_training_config(steps=...) is now called iterations=...", DeprecationWarning, stacklevel=2)
+        overrides["iterations"] = overrides.pop("steps")
+    if task not in PAPER_PRIOR_ITERATIONS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(PAPER_PRIOR_ITERATIONS)}")
+    if scale == "paper":
+        fields["iterations"] = PAPER_PRIOR_ITERATIONS[task]
+    return TrainingConfig(**{**fields, **overrides})
 
 
 def denoising_score_matching_loss(noise_predictor: Callable, x0: torch.Tensor,
@@ -105,3 +101,25 @@ def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfi
     if use_ema:
         result.ema.copy_to(prior)
     return result
+
+
+def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device="auto", checkpoint_path=None,
+                        seed: int = 0, progress: bool = True) -> DiffusionPrior:
+    """The prior :func:`~manifold_aps.aps.fit` trains when none is given: the ``scale`` network preset
+    (an ``mlp``) fitted to the complete rows of the padded ``signals`` ``(N, V_pad, C)``.
+
+    A signal with a missing value (NaN) is left out with a warning, never filled in.
+    """
+    incomplete = torch.isnan(signals).flatten(1).any(dim=1)
+    complete = signals[~incomplete]
+    if complete.shape[0] < 2:
+        raise ValueError(f"training a prior needs at least 2 signals without NaN, got {complete.shape[0]} of "
+                         f"{signals.shape[0]}; pass a trained prior instead")
+    if incomplete.any():
+        warnings.warn(f"the diffusion prior is trained on the {complete.shape[0]} complete signals only: "
+                      f"{int(incomplete.sum())} of {signals.shape[0]} signals contain NaN (missing values) and are "
+                      f"left out of prior training (APS training still uses their observed vertices)", stacklevel=3)
+    prior = DiffusionPrior(build_network("mlp", layout, mesh, **preset(scale, "prior_network")), layout)
+    config = prior_training_config(scale, seed=seed, device=str(device), progress=progress)
+    train_prior(prior, complete, config, None if checkpoint_path is None else Path(checkpoint_path))
+    return prior.freeze()

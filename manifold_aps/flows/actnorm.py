@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from manifold_aps.flows.base import FlowLayer
+
 __all__ = ["ActNorm"]
 
 
-class ActNorm(torch.nn.Module):
+class ActNorm(FlowLayer):
     """Arguments:
         dim: number of coordinates ``d``.
 
@@ -40,12 +42,12 @@ class ActNorm(torch.nn.Module):
         self.log_scale.copy_(x.std(dim=0).clamp_min(1e-6).log())
         self.initialized.fill_(True)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z → x``; returns ``(x, log|det ∂x/∂z|)`` with the log-det per sample ``(B,)``."""
+    def forward(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z → x``; returns ``(x, log|det ∂x/∂z|)`` with the log-det per sample ``(B,)``; ignores ``condition``."""
         x = z * self.log_scale.exp() + self.bias
         return x, self.log_scale.sum().expand(z.shape[0])
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x → z``; returns ``(z, log|det ∂z/∂x|)``. Initialises on the first training batch."""
         if self.training and not bool(self.initialized):
             self.initialize(x)

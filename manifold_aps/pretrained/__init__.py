@@ -27,7 +27,7 @@ from manifold_aps.aps import AmortizedPosteriorSampler
 from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import load_prior as _load_prior_file
-from manifold_aps.diffusion.saving import describe_prior
+from manifold_aps.diffusion.saving import prior_record
 from manifold_aps.signals import MinMaxNormalizer
 
 __all__ = ["FOLDER", "available", "load_prior", "load_sampler", "model_card", "export"]
@@ -104,9 +104,7 @@ def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normaliz
     if unknown:
         raise ValueError(f"samplers keys must be 'aps' and/or 'blind', got {sorted(unknown)}")
     normalizer = normalizer or getattr(prior, "normalizer", None)
-    written = [save_checkpoint(files["prior"], {
-        "prior": describe_prior(prior), "state": _compact(prior.state_dict()),
-        "normalizer": normalizer.state_dict() if normalizer is not None else None}, kind="diffusion_prior")]
+    written = [save_checkpoint(files["prior"], prior_record(prior, normalizer, compact=_compact), kind="diffusion_prior")]
     for key, model in samplers.items():
         if model.prior is not prior and any(not torch.equal(a, b) for a, b in
                                             zip(model.prior.state_dict().values(), prior.state_dict().values())):

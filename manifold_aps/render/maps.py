@@ -1,10 +1,11 @@
 """Maps of lat-lon sphere fields (Cartopy) and HEALPix fields (healpy), offline and headless.
 
 Cartopy normally downloads Natural Earth coastlines on first use, which fails offline. Maps take
-the coastlines from the data registry instead (:func:`manifold_aps.data.natural_earth_dir`: the
-``natural_earth/`` folder of ``$MANIFOLD_APS_DATA``, else the cache, else a checked download) and
-point ``cartopy.config["pre_existing_data_dir"]`` there, so Cartopy itself never touches the
-network. When no copy can be had, maps are drawn without coastlines and a warning says why.
+the 110m coastline from the data registry instead (:func:`manifold_aps.data.natural_earth_dir`:
+the ``natural_earth/`` folder of ``$MANIFOLD_APS_DATA``, else the copy shipped inside the package)
+and point ``cartopy.config["pre_existing_data_dir"]`` there, so Cartopy itself never touches the
+network and a fresh offline install draws coastlines. Should no copy exist (a repackaged install
+without the package data), maps are drawn without coastlines and a warning says why.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 
 __all__ = ["use_registry_coastlines", "plot_latlon_fields", "plot_healpix"]
 
+
 def use_registry_coastlines() -> bool:
-    """Point Cartopy at the registry's Natural Earth folder; False (with a warning) if there is none."""
+    """Point Cartopy at the registry's Natural Earth 110m coastline; False (with a warning) if there is none."""
     import warnings
 
     import cartopy

@@ -1,0 +1,254 @@
+"""Gaussian-mixture benchmark: APS, DPS and optimal interpolation against an exact non-Gaussian posterior.
+
+The signal is a mixture of three Matérn fields on the mesh
+(:func:`manifold_aps.data.gaussian_mixture.matern_mixture`, weights 1/3 each, ν 1.5, 128
+Laplace-Beltrami modes, nugget 5 % of each variance):
+
+| component | mean | length scale / bbox diagonal | std |
+| --- | --- | --- | --- |
+| 1 | 0.4 | 0.5 | 0.15 |
+| 2 | 0.6 | 0.5 | 0.15 |
+| 3 | 0.5 | 0.1 | 0.08 |
+
+Components 1 and 2 differ only in mean level, so after masking (60 % of the vertices hidden,
+σ_y 0.05) a measurement often leaves the two in doubt — on the sphere about half the measurements
+have no posterior weight above 0.9 — while component 3 (rough and weak) is always recognised.
+When 1 and 2 stay in doubt, their posteriors nearly coincide on the hidden vertices (the observed
+40 % pin the level): the posterior over the weights is mixed, the posterior over the field is not
+bimodal (docs/method.md, "Gaussian-mixture fields").
+
+The diffusion prior is not trained: it is the mixture's EXACT noise predictor
+(:meth:`~manifold_aps.data.gaussian_mixture.GaussianMixtureField.exact_prior`), shared by APS and
+DPS, so every gap to the ``exact`` row is the sampler's own error.
+
+Meshes (``--mesh``): ``sphere4`` the 4° lat-lon sphere (4140 vertices); ``bunny`` the Stanford
+bunny (data mirror, ``MANIFOLD_APS_DATA``) without its two vertices that belong to no face (1887
+vertices): :class:`~manifold_aps.data.GaussianRandomField` gives those two one shared value with
+std ≈ 3 at these length scales (20× the others), which would swamp every PSNR.
+
+Fields are drawn one at a time with fixed seeds (train 0, validation 1, test 2): ``--train-fields``
+(256 smoke / 1000 cpu) for APS and the OI fit, 64 validation fields for OI's rank, and
+``--n-measurements`` (4 / 16) test fields, each measured once (seed ``--seed``).
+
+Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema of
+:mod:`manifold_aps.benchmark`):
+
+- ``exact``: the exact posterior (its mean; 128 draws of the full mixture posterior);
+- ``oi``: optimal interpolation, the exact posterior under ONE PPCA Gaussian fitted to the training
+  fields (rank chosen on the validation fields) — what a classical user would do; 128 correlated
+  draws (:meth:`~manifold_aps.gaussian_posterior.LowRankGaussian.posterior_root`);
+- ``aps_gauss_base`` / ``aps_plain``: :func:`manifold_aps.fit` against the exact prior with and
+  without its Gaussian (PPCA posterior) base, RealNVP flow, the ``--scale`` preset with
+  ``--iterations`` / ``--batch-size``; mean of 128 draws;
+- ``dps``: :func:`manifold_aps.baselines.sample_dps` with the exact prior, ``--diffusion-samples``
+  (32) draws of ``--diffusion-steps`` (50 / 1000) steps.
+
+Columns: ``psnr`` and ``psnr_hidden`` of the mean (data range 1), ``mse``, ``coverage_90`` and
+``crps`` on the hidden vertices (:func:`manifold_aps.benchmark.score`), and against the exact
+posterior: ``std_ratio`` (median over hidden vertices of the draws' std / the exact std) and
+``weight_error`` (mean over measurements and components of ``|f_k − r_k|``, with ``r_k`` the exact
+posterior weights and ``f_k`` the average over the draws of ``p(k | x)``, the components'
+likelihoods normalised: for exact draws ``E f_k = r_k``). These two are in the JSON and in a
+second table of the markdown file.
+
+APS samplers are not saved: an APS file stores its prior, and only trained networks and single
+Gaussians can be stored.
+
+    python benchmarks/gaussian_mixture.py --mesh sphere4 --scale smoke --threads 1
+    MANIFOLD_APS_DATA=/work/shared/data python benchmarks/gaussian_mixture.py --mesh bunny --scale smoke --threads 1
+    python benchmarks/gaussian_mixture.py --mesh sphere4 --scale cpu --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import manifold_aps as aps
+from manifold_aps.baselines import sample_dps
+from manifold_aps.benchmark import environment, score, write_results
+from manifold_aps.data.gaussian_mixture import GaussianMixtureField, matern_mixture
+from manifold_aps.gaussian_posterior import optimal_interpolation
+from manifold_aps.methods import Estimate, aps_method, diffusion_method
+
+HIDDEN_FRACTION, NOISE_STD = 0.6, 0.05
+MIXTURE = dict(means=(0.4, 0.6, 0.5), length_fractions=(0.5, 0.5, 0.1), stds=(0.15, 0.15, 0.08), smoothness=1.5,
+               num_modes=128, nugget=0.05)
+SCALES = {"smoke": dict(train_fields=256, n_measurements=4, iterations=100, batch_size=32, diffusion_steps=50),
+          "cpu": dict(train_fields=1000, n_measurements=16, iterations=400, batch_size=32, diffusion_steps=1000)}
+VALIDATION_FIELDS = 64
+DATA_SEEDS = {"train": 0, "validation": 1, "test": 2}
+DRAWS = 128
+
+
+def faced_bunny() -> aps.Mesh:
+    """The Stanford bunny without the vertices that belong to no face."""
+    mesh = aps.bunny()
+    used = torch.zeros(mesh.num_vertices, dtype=torch.bool)
+    used[mesh.faces.flatten()] = True
+    index = torch.cumsum(used, 0) - 1
+    return aps.Mesh(mesh.vertices[used], index[mesh.faces], name="bunny_faced")
+
+
+MESHES = {"sphere4": lambda: aps.latlon_sphere(4.0), "bunny": faced_bunny}
+
+
+def draw(mixture: GaussianMixtureField, count: int, seed: int) -> torch.Tensor:
+    """``(count, V, 1)`` float32 fields, one draw at a time: the first n do not depend on ``count``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([mixture.sample(1, generator) for _ in range(count)]).float()[..., None]
+
+
+def exact_method(mixture: GaussianMixtureField, layout: aps.VertexLayout):
+    """The exact posterior: its mean and ``DRAWS`` draws of the full mixture posterior."""
+
+    def method(measurement, operator, generator=None):
+        count, V = len(measurement), layout.num_vertices
+        posterior = mixture.posterior(*measurement.real_entries(V), operator.noise_std)
+        draws = posterior.sample(DRAWS, generator).reshape(DRAWS, count, V, 1).float()
+        return Estimate(posterior.mean.reshape(count, V, 1).float(), draws, 0)
+
+    return method
+
+
+def oi_method(gaussian, layout: aps.VertexLayout, info: dict):
+    """Optimal interpolation with ``DRAWS`` correlated draws of its Gaussian posterior."""
+
+    def method(measurement, operator, generator=None):
+        count, V = len(measurement), layout.num_vertices
+        y, observed = measurement.real_entries(V)
+        root = gaussian.posterior_root(y, observed, operator.noise_std, gaussian.rank)
+        white = torch.randn(DRAWS, *root.mean.shape, generator=generator, dtype=torch.float64)
+        draws = root.transform(white).reshape(DRAWS, count, V, 1).float()
+        return Estimate(root.mean.reshape(count, V, 1).float(), draws, 0, info)
+
+    return method
+
+
+def against_exact(samples: torch.Tensor, exact, mixture: GaussianMixtureField, hidden: torch.Tensor) -> dict:
+    """``std_ratio`` and ``weight_error`` of ``samples`` ``(S, N, V, 1)`` (module docstring)."""
+    ratio = samples.double().std(dim=0)[..., 0] / exact.std
+    fractions = torch.stack([mixture.responsibilities(draws.flatten(1).double()).mean(0)
+                             for draws in samples.unbind(1)])
+    return dict(std_ratio=float(ratio[hidden].median()), weight_error=float((fractions - exact.weights).abs().mean()))
+
+
+def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print):
+    """APS against the exact prior with ``fit`` (not saved: see the module docstring)."""
+    started = time.perf_counter()
+    model = aps.fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, scale=args.scale,
+                gaussian_base=gaussian_base, base_rank=args.base_rank, seed=args.seed, device="cpu", progress=False,
+                iterations=args.iterations, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    log(f"trained APS ({'Gaussian base' if gaussian_base else 'plain'}, {args.iterations} iterations) in {seconds:.0f} s")
+    return model, seconds
+
+
+def extra_table(rows: list[dict]) -> list[str]:
+    """Markdown rows of the columns that only this benchmark has."""
+    lines = ["## test: against the exact posterior", "", "| method | std_ratio | weight_error |", "|---|---|---|"]
+    for row in rows:
+        if "std_ratio" in row:
+            lines.append(f"| {row['method']} | {row['std_ratio']:.4g} | {row['weight_error']:.4g} |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None, log=print) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="See the module docstring for the mixture, the rows and the commands.")
+    parser.add_argument("--mesh", choices=sorted(MESHES), default="sphere4")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="smoke")
+    parser.add_argument("--methods", default="exact,oi,aps_gauss_base,aps_plain,dps")
+    parser.add_argument("--n-measurements", type=int, default=None)
+    parser.add_argument("--train-fields", type=int, default=None)
+    parser.add_argument("--iterations", type=int, default=None, help="APS iterations (default 100 / 400)")
+    parser.add_argument("--batch-size", type=int, default=None, help="APS batch size (default 32)")
+    parser.add_argument("--base-rank", type=int, default=128, help="largest rank of APS's Gaussian base")
+    parser.add_argument("--diffusion-steps", type=int, default=None, help="DPS steps (default 50 / 1000)")
+    parser.add_argument("--diffusion-samples", type=int, default=32, help="DPS draws per measurement (≥ 32)")
+    parser.add_argument("--step-size", type=float, default=1.0, help="DPS guidance scale")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    for name, value in SCALES[args.scale].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    torch.set_num_threads(args.threads)
+    names = args.methods.split(",")
+
+    mesh = MESHES[args.mesh]()
+    mixture = matern_mixture(mesh, **MIXTURE)
+    layout = aps.VertexLayout(mesh.num_vertices, 1)
+    prior = mixture.exact_prior(layout)
+    train = draw(mixture, args.train_fields, DATA_SEEDS["train"])
+    validation = draw(mixture, VALIDATION_FIELDS, DATA_SEEDS["validation"])
+    truth = draw(mixture, args.n_measurements, DATA_SEEDS["test"])
+    operator = aps.RandomVertexMask(layout.num_vertices, layout.padded_vertices, HIDDEN_FRACTION, NOISE_STD)
+    measurement = operator(layout.pad(truth), generator=torch.Generator().manual_seed(args.seed))
+    hidden = ~measurement.observed[:, : layout.num_vertices]
+    exact = mixture.posterior(*measurement.real_entries(layout.num_vertices), NOISE_STD)
+    log(f"{args.mesh}: {mesh.num_vertices} vertices; exact posterior weights per measurement:\n{exact.weights.numpy().round(3)}")
+
+    methods, train_seconds = {}, {}
+    if "exact" in names:
+        methods["exact"] = exact_method(mixture, layout)
+    if "oi" in names:
+        started = time.perf_counter()
+        val_measurement = operator(layout.pad(validation), generator=torch.Generator().manual_seed(args.seed + 1))
+        gaussian, rank_scores = optimal_interpolation(train.flatten(1), val_measurement.real_entries(layout.num_vertices),
+                                                      validation.flatten(1), NOISE_STD)
+        methods["oi"] = oi_method(gaussian, layout, dict(rank=gaussian.rank, rank_scores=rank_scores,
+                                                         fit_seconds=time.perf_counter() - started))
+    for name, base in (("aps_gauss_base", True), ("aps_plain", False)):
+        if name in names:
+            model, train_seconds[name] = train_aps(mesh, train, prior, args, base, log)
+            methods[name] = aps_method(model, DRAWS)
+    if "dps" in names:
+        methods["dps"] = diffusion_method(sample_dps, prior, args.diffusion_samples, args.diffusion_steps,
+                                          step_size=args.step_size)
+
+    rows, generator = [], torch.Generator().manual_seed(args.seed)
+    for name, method in methods.items():
+        started = time.perf_counter()
+        estimate = method(measurement, operator, generator)
+        seconds = time.perf_counter() - started
+        row = dict(method=name, **score(estimate.mean, truth, hidden, samples=estimate.samples),
+                   **against_exact(estimate.samples, exact, mixture, hidden),
+                   seconds_per_measurement=seconds / len(truth), nfe=estimate.nfe, n_measurements=len(truth),
+                   **estimate.info)
+        rows.append(row)
+        log(f"{name:>15}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+
+    weights = exact.weights
+    description = dict(mesh=mesh.name, vertices=mesh.num_vertices, **MIXTURE, weights=mixture.weights.tolist())
+    label = (f"mixture of {mixture.num_components} Matérn fields on {args.mesh} ({mesh.num_vertices} vertices): means "
+             f"{MIXTURE['means']}, length scales {MIXTURE['length_fractions']} × bbox diagonal, stds {MIXTURE['stds']}, "
+             f"ν {MIXTURE['smoothness']}, {MIXTURE['num_modes']} modes, nugget {MIXTURE['nugget']:.0%}; "
+             f"{args.train_fields}/{VALIDATION_FIELDS}/{len(truth)} train/validation/test fields (seeds 0/1/2); "
+             f"exact-score diffusion prior")
+    mixed = int((weights.max(dim=1).values < 0.9).sum())
+    results = dict(task=f"gaussian_mixture_{args.mesh}", scale=args.scale, data=label, **environment(),
+                   train_seconds=train_seconds, command="python benchmarks/gaussian_mixture.py " + " ".join(argv),
+                   hidden_fraction=HIDDEN_FRACTION, noise_std=NOISE_STD, mixture=description,
+                   aps=dict(iterations=args.iterations, batch_size=args.batch_size, flow="realnvp",
+                            base_rank=args.base_rank),
+                   exact_weights=weights.tolist(), sections={"test": rows}, rows=rows,
+                   notes=[f"prior: the mixture's exact noise predictor, shared by APS and DPS; APS RealNVP at the "
+                          f"{args.scale} preset, {args.iterations} iterations, batch {args.batch_size}",
+                          f"{mixed} of {len(truth)} measurements have no exact posterior weight above 0.9",
+                          "std_ratio and weight_error: see the table below and the script's docstring"])
+    json_path, md_path = write_results(results, Path(args.results_dir) / f"gaussian_mixture_{args.mesh}_{args.scale}")
+    with open(md_path, "a") as handle:
+        handle.write("\n" + "\n".join(extra_table(rows)))
+    log(f"wrote {json_path} and {md_path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The APS training configuration: optimisation (an embedded
+:class:`~manifold_aps.trainer.TrainingConfig`) and flow shape, with the scale presets of
+:mod:`manifold_aps.scales`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields
+
+from manifold_aps.scales import preset
+from manifold_aps.trainer import TrainingConfig
+
+__all__ = ["APSConfig"]
+
+_TRAINING_NAMES = ("iterations", "batch_size", "learning_rate", "weight_decay", "warmup_iterations", "grad_clip",
+                   "ema_decay", "checkpoint_every", "seed")
+_OLD_NAMES = {"n_steps": "flow_depth", "lr": "learning_rate", "warmup": "warmup_iterations",
+              "warmup_steps": "warmup_iterations"}
+
+
+@dataclass(frozen=True)
+class APSConfig:
+    """How APS is trained: the optimisation (an embedded
+    :class:`~manifold_aps.trainer.TrainingConfig`) and the flow's shape.
+
+    Build it with :meth:`preset` (the ``aps`` stage of :mod:`manifold_aps.scales`), whose overrides
+    are flat names: ``iterations`` (optimiser steps), ``batch_size``, ``learning_rate``,
+    ``warmup_iterations``, ``grad_clip``, ``ema_decay``, ``checkpoint_every``, ``seed``,
+    ``weight_decay`` for the optimisation; ``flow_depth`` (coupling steps), ``hidden``,
+    ``layers``, ``scale_bound``, ``num_times`` for the flow and the objective.
+    """
+
+    training: TrainingConfig
+    flow_depth: int = 8
+    hidden: int = 256
+    layers: int = 2
+    scale_bound: float = 2.0
+    num_times: int = 1  # Monte-Carlo (t, e) draws of the ELBO per flow sample
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "APSConfig":
+        """The ``name`` scale (``smoke``, ``cpu``, ``paper``) with ``overrides`` applied."""
+        values = preset(name, "aps")
+        for old, new in _OLD_NAMES.items():
+            if old in overrides:
+                warnings.warn(f"APSConfig field {old!r} is now called {new!r}", DeprecationWarning, stacklevel=2)
+                overrides[new] = overrides.pop(old)
+        own = {f.name for f in fields(cls)} - {"training"}
+        unknown = set(overrides) - own - set(_TRAINING_NAMES)
+        if unknown:
+            raise TypeError(f"unknown APSConfig fields {sorted(unknown)}")
+        values.update(overrides)
+        training = {"grad_clip": 10.0, **{k: v for k, v in values.items() if k in _TRAINING_NAMES}}
+        training = TrainingConfig(**training)
+        return cls(training, **{k: v for k, v in values.items() if k in own})
+
+    def __post_init__(self):
+        if self.flow_depth < 1 or self.num_times < 1 or self.training.iterations < 1:
+            raise ValueError(f"iterations, flow_depth and num_times must be ≥ 1, got {self}")
+        if not (math.isfinite(self.scale_bound) and self.scale_bound > 0):
+            raise ValueError(f"scale_bound (the bound on each coupling's log-scale) must be a positive number, "
+                             f"got {self.scale_bound}")
+
+    @property
+    def iterations(self) -> int:
+        return self.training.iterations
+
+    def to_dict(self) -> dict:
+        """Flat plain values (the names :meth:`preset` takes), for checkpoint metadata."""
+        flat = {name: getattr(self.training, name) for name in _TRAINING_NAMES}
+        return {**flat, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "training"}}
+
+    def flow_shape(self) -> dict:
+        """Keyword arguments of :func:`~manifold_aps.flows.build_flow` for this configuration."""
+        return dict(depth=self.flow_depth, hidden=self.hidden, layers=self.layers, scale_bound=self.scale_bound,
+                    seed=self.training.seed)

@@ -1,0 +1,173 @@
+"""``fit``: prior, measurements, Gaussian base and APS training in one call."""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from manifold_aps.aps.config import APSConfig
+from manifold_aps.aps.sampler import AmortizedPosteriorSampler, condition_channels
+from manifold_aps.aps.training import train_aps
+from manifold_aps.diffusion.prior import DiffusionPrior
+from manifold_aps.flows.factory import FLOWS, build_flow
+from manifold_aps.gaussian_posterior import candidate_ranks, fit_gaussian_base
+from manifold_aps.mesh import Mesh
+from manifold_aps.operators import BlindVertexMask, RandomVertexMask, check_hidden_fraction, check_noise_std
+from manifold_aps.signals import MinMaxNormalizer, VertexLayout, latlon_dims, latlon_grid
+
+__all__ = ["fit"]
+
+
+def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: DiffusionPrior | None = None,
+        flow: str = "realnvp", scale: str = "cpu", device="auto", blind: bool = False,
+        hidden_range: tuple[float, float] = (0.3, 0.6), test_signals=None, checkpoint_dir=None, seed: int = 0,
+        progress: bool = True, gaussian_base: bool = True, base_rank: int = 64, normalizer="auto",
+        **overrides) -> AmortizedPosteriorSampler:
+    """Fit an amortized posterior sampler for random vertex masking on ``mesh``.
+
+    A short tutorial::
+
+        import manifold_aps as aps
+        mesh = aps.latlon_sphere(4.0)                       # or aps.bunny(), aps.load_mesh(path)
+        model = aps.fit(mesh, train_fields, mask_rate=0.6, noise_std=0.05, scale="cpu",
+                        test_signals=held_out_fields)      # (N, V) or (N, V, C), values ~[0, 1]
+        print(model.report)                                 # PSNR / coverage on the held-out fields
+        observed = field.copy(); observed[hidden] = np.nan  # NaN = not observed
+        mean, std = model.posterior(observed, n=128)        # same form as `observed`
+        draws = model.sample(observed, n=16)                # (16, V) here
+        model.save("aps.pt"); model = aps.AmortizedPosteriorSampler.load("aps.pt")
+
+    What happens: (1) without a ``prior``, a diffusion prior is trained on the complete signals
+    (those without NaN) by denoising score matching — clean signals enter here, and in the
+    Gaussian base's fit, only; (2) each signal is measured by the operator, ``y = m ⊙ (x + σ_y n)``
+    with ``round(mask_rate · V)`` random vertices hidden (NaN entries are never observed) — from
+    here on only measurements are used; (3) a conditional flow is trained by the APS objective
+    (module docstring); (4) with ``test_signals``, held-out fields are measured the same way and
+    ``model.report`` holds PSNR of the N = 128 mean and of one sample, 90 % interval coverage on
+    the hidden vertices, and time per measurement.
+
+    Arguments:
+        mesh: a :class:`~manifold_aps.Mesh`; signals: ``(N, V)`` or ``(N, V, C)`` numpy / torch /
+            xarray (normalise them to about [0, 1] first). NaN marks missing values.
+        mask_rate: the hidden fraction (the operator's ``hidden_fraction``), in [0, 1).
+        noise_std: ``σ_y > 0``.
+        prior: a trained :class:`~manifold_aps.diffusion.DiffusionPrior` on this mesh's layout.
+        flow: ``"realnvp"`` (vector halves) or ``"mesh"`` (graph couplings on vertex partitions).
+        scale: ``"smoke"`` (seconds), ``"cpu"`` or ``"paper"`` presets (:mod:`manifold_aps.scales`).
+        blind: train for unknown masks with hidden fractions drawn from ``hidden_range``; the
+            sampler is then conditioned on ``y`` alone.
+        gaussian_base: compose the flow with the optimal-interpolation posterior of a Gaussian
+            (probabilistic PCA) prior fitted to the complete signals, its rank chosen on a
+            held-out tenth of them (module docstring); False trains the flow from ``z`` alone.
+        base_rank: the largest rank of the fitted Gaussian; its posterior is then kept exactly
+            (memory: ``(2 + rank) · V · C`` floats per training signal).
+        checkpoint_dir: where to keep resumable training checkpoints (``prior.pt``, ``aps.pt``); a
+            run whose data or configuration differ from the checkpoints' refuses to resume.
+        normalizer: how physical values map to the model's: ``"auto"`` learns a min-max
+            :class:`~manifold_aps.signals.MinMaxNormalizer` when the signals carry units (a DataArray
+            with a ``units`` attribute) and otherwise uses the values as given (normalise them to
+            about [0, 1] first); ``"fit"`` always learns one; a ``MinMaxNormalizer`` is used as is;
+            None uses the values as given. With a normaliser, ``noise_std`` is in normalised units,
+            and the sampler takes and returns physical values (and checks units).
+        overrides: :meth:`APSConfig.preset` fields (e.g. ``iterations=...``, ``flow_depth=...``).
+
+    Reproducible: the same ``seed`` gives the same networks, measurements and trained weights on
+    the same device (the global torch RNG is seeded inside and restored afterwards).
+
+    Raises:
+        TypeError: ``mesh`` is not a :class:`~manifold_aps.Mesh`; signals or numbers of the wrong type.
+        ValueError: signals that do not fit the mesh, contain ±inf or an all-NaN signal, fewer than 2
+            signals, constant signals; ``mask_rate`` outside [0, 1); ``noise_std`` ≤ 0.
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a manifold_aps.Mesh (e.g. from load_mesh(path)), got {type(mesh).__name__}")
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+    noise_std = check_noise_std(noise_std, positive=True)
+    mask_rate = check_hidden_fraction(mask_rate, "mask_rate (the hidden fraction)")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+    config = APSConfig.preset(scale, seed=seed, **overrides)
+    layout = VertexLayout(mesh.num_vertices, _channels_of(signals), grid=latlon_grid(mesh))
+    batch, _ = layout.to_batch(signals)
+    _check_training_signals(layout, batch)
+    normalizer = _normalizer_for(signals, layout.unpad(batch), normalizer)
+    if normalizer is not None:
+        batch = normalizer.normalize(batch) * layout.vertex_mask()[:, None]  # padding stays exactly zero
+    operator = (BlindVertexMask(layout.num_vertices, layout.padded_vertices, hidden_range, noise_std) if blind
+                else RandomVertexMask(layout.num_vertices, layout.padded_vertices, mask_rate, noise_std))
+    checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    with torch.random.fork_rng(devices=[]):  # network initialisation follows `seed`; the caller's RNG is untouched
+        torch.manual_seed(seed)
+        if prior is None:
+            from manifold_aps.diffusion.training import train_default_prior
+
+            prior = train_default_prior(layout, mesh, batch, scale, device,
+                                        None if checkpoint_dir is None else checkpoint_dir / "prior.pt", seed, progress)
+        elif prior.layout.num_vertices != layout.num_vertices or prior.layout.num_channels != layout.num_channels:
+            raise ValueError(f"the prior is for {prior.layout.num_vertices} vertices × {prior.layout.num_channels} "
+                             f"channels, the signals have {layout.num_vertices} × {layout.num_channels}")
+        layout = prior.layout
+        measurements = operator(layout.pad(layout.unpad(batch)), torch.Generator().manual_seed(seed))
+        base = (fit_gaussian_base(layout.unpad(batch), operator, seed, ranks=candidate_ranks(base_rank))
+                if gaussian_base else None)
+        flow_model = build_flow(flow, layout, condition_channels(layout, blind, base is not None), mesh.edge_index.cpu(),
+                                **config.flow_shape())
+        model = AmortizedPosteriorSampler(flow_model, prior.cpu(), operator, num_times=config.num_times, base=base,
+                                          normalizer=normalizer)
+        train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
+                  progress=progress, device=device)
+    if test_signals is not None:
+        from manifold_aps.benchmark import evaluate_sampler
+
+        test = layout.unpad(layout.to_batch(test_signals)[0])
+        model.report = evaluate_sampler(model, operator, test if normalizer is None else normalizer.normalize(test),
+                                        seed=seed + 1)
+    return model
+
+
+def _normalizer_for(signals, values: torch.Tensor, choice) -> MinMaxNormalizer | None:
+    """The normaliser ``fit`` uses (see its ``normalizer`` argument), from the unpadded ``values``."""
+    if isinstance(choice, MinMaxNormalizer) or choice is None:
+        return choice
+    if choice not in ("auto", "fit"):
+        raise ValueError(f"normalizer must be 'auto', 'fit', None or a MinMaxNormalizer, got {choice!r}")
+    units = getattr(signals, "attrs", {}).get("units")
+    if choice == "auto" and units is None:
+        return None
+    return MinMaxNormalizer.fit(values, units=units)
+
+
+def _channels_of(signals) -> int:
+    """Channels ``C`` of ``(N, V)`` / ``(N, V, C)`` signals (1 for a lat-lon DataArray)."""
+    if signals is None or isinstance(signals, (str, bytes)):
+        raise TypeError(f"signals must be a numpy array, torch tensor or xarray.DataArray of numbers, "
+                        f"got {type(signals).__name__}")
+    if hasattr(signals, "dims") and latlon_dims(signals) is not None:  # (sample, lat, lon) grids: one channel
+        return 1
+    try:
+        shape = tuple(signals.shape) if hasattr(signals, "shape") else np.shape(signals)
+    except ValueError as error:  # a ragged nested list
+        raise TypeError(f"signals must be a rectangular array of numbers: {error}") from None
+    if len(shape) not in (2, 3):
+        raise ValueError(f"signals must be (N, V) or (N, V, C), got shape {shape}")
+    return 1 if len(shape) == 2 else int(shape[-1])
+
+
+def _check_training_signals(layout: VertexLayout, batch: torch.Tensor) -> None:
+    if batch.shape[0] < 2:
+        raise ValueError(f"fit needs at least 2 signals, got {batch.shape[0]}")
+    if torch.isinf(batch).any():
+        raise ValueError("signals contain ±inf; use NaN to mark missing values")
+    real = layout.unpad(batch)
+    all_missing = torch.isnan(real).any(dim=-1).all(dim=1)
+    if all_missing.any():
+        raise ValueError(f"signal(s) {all_missing.nonzero().flatten().tolist()[:10]} are all NaN (no observed "
+                         f"vertex); drop them")
+    finite = real[torch.isfinite(real)]
+    if float(finite.max() - finite.min()) == 0.0:
+        raise ValueError(f"the signals are constant (every value is {float(finite[0]):.6g}): there is no variation "
+                         f"for a prior to learn; check that the right variable was loaded")

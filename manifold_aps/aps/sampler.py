@@ -1,0 +1,282 @@
+"""The amortized posterior sampler: the APS objective, one-call posterior sampling, and its file
+format (flow, prior record, operator, normaliser, Gaussian base, report).
+
+Units. The flow, the prior and the operator work on normalised signals (σ_y is in those units).
+With a :class:`~manifold_aps.signals.MinMaxNormalizer` (the sampler's own, or else its prior's),
+:meth:`~manifold_aps.aps.AmortizedPosteriorSampler.sample` and :meth:`~manifold_aps.aps.AmortizedPosteriorSampler.posterior` take
+and return *physical* values: a DataArray's ``units`` attribute is checked against the
+normaliser's (kelvin ↔ °C converted exactly, anything else refused), values far outside the
+training range warn, and the answer comes back in the caller's units, coordinates and attributes.
+Without a normaliser the values are used as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from pathlib import Path
+
+import torch
+
+from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from manifold_aps.diffusion.prior import DiffusionPrior
+from manifold_aps.diffusion.saving import prior_from_record, prior_record
+from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP
+from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian
+from manifold_aps.operators import (BlindVertexMask, Measurement, RandomVertexMask, check_noise_std,
+                                    operator_from_config)
+from manifold_aps.signals import MinMaxNormalizer, VertexLayout, convert_units, warn_outside_training_range
+from manifold_aps.trainer import resolve_device
+
+__all__ = ["AmortizedPosteriorSampler", "condition_channels"]
+
+
+def condition_channels(layout: VertexLayout, blind: bool, gaussian_base: bool) -> int:
+    """Channels of the flow's condition per vertex: ``y`` (``C``), the observed mask unless blind
+    (1), and the Gaussian base's mean and scale (``2 C``) when there is a base."""
+    return layout.num_channels + (0 if blind else 1) + (2 * layout.num_channels if gaussian_base else 0)
+
+
+class AmortizedPosteriorSampler(torch.nn.Module):
+    """A conditional flow ``G(z, c(y))`` trained against a frozen diffusion prior.
+
+    Arguments:
+        flow: a :class:`~manifold_aps.flows.ConditionalFlow` over the ``V · C`` real entries whose
+            condition is ``(B, V, C + 1)`` (``y``, observed mask) or ``(B, V, C)`` for a blind operator.
+        prior: the :class:`~manifold_aps.diffusion.DiffusionPrior` (frozen here).
+        operator: the measurement operator (σ_y > 0, the mask rule, the likelihood); a
+            :class:`~manifold_aps.operators.BlindVertexMask` makes the sampler blind (conditioned
+            on ``y`` alone; the mask is still used in the training loss).
+        fidelity_weight, prior_weight, logdet_weight: ``λ_fid, λ_prior, λ_logdet`` (default 1).
+        num_times: Monte-Carlo draws of the ELBO per flow sample.
+        base: the fitted Gaussian prior (over the ``V · C`` real entries) whose posterior is the
+            flow's affine base (module docstring), or None for a flow on ``z`` alone.
+        base_rank: posterior directions the base keeps exactly (default: the base's rank, i.e. all).
+        normalizer: maps the user's physical values to the model's (default: the prior's
+            ``normalizer``, if any; module docstring).
+
+    Example:
+        >>> model = fit(mesh, signals, scale="smoke")             # doctest: +SKIP
+        >>> mean, std = model.posterior(observed_with_nan, n=128)  # doctest: +SKIP
+    """
+
+    def __init__(self, flow: ConditionalFlow, prior: DiffusionPrior, operator: RandomVertexMask,
+                 fidelity_weight: float = 1.0, prior_weight: float = 1.0, logdet_weight: float = 1.0,
+                 num_times: int = 1, base: LowRankGaussian | None = None, base_rank: int | None = None,
+                 normalizer: MinMaxNormalizer | None = None):
+        super().__init__()
+        if not isinstance(operator, RandomVertexMask):
+            raise TypeError(f"operator must be a RandomVertexMask or BlindVertexMask, got {type(operator).__name__}")
+        check_noise_std(operator.noise_std, positive=True)
+        layout = prior.layout
+        if (operator.num_vertices, operator.padded_vertices) != (layout.num_vertices, layout.padded_vertices):
+            raise ValueError(f"the operator is for {operator.num_vertices} vertices padded to {operator.padded_vertices}, "
+                             f"the prior for {layout.num_vertices} padded to {layout.padded_vertices}")
+        if flow.dim != layout.num_vertices * layout.num_channels:
+            raise ValueError(f"flow dimension {flow.dim} differs from the V·C = "
+                             f"{layout.num_vertices * layout.num_channels} real entries of the prior's layout")
+        if base is not None and base.dim != flow.dim:
+            raise ValueError(f"the Gaussian base has dimension {base.dim}, the flow {flow.dim}")
+        self.flow, self.prior, self.layout, self.operator = flow, prior.freeze(), layout, operator
+        self.num_times = int(num_times)
+        self.weights = dict(fidelity=float(fidelity_weight), prior=float(prior_weight), logdet=float(logdet_weight))
+        self.flow_kind = "mesh" if isinstance(flow, ConditionalMeshFlow) else "realnvp"
+        self.base = base
+        self.base_rank = int(base_rank) if base_rank is not None else (base.rank if base is not None else 0)
+        self.normalizer = normalizer if normalizer is not None else getattr(prior, "normalizer", None)
+        self.report: dict = {}
+
+    @property
+    def blind(self) -> bool:
+        return self.operator.blind
+
+    @property
+    def noise_std(self) -> float:
+        return self.operator.noise_std
+
+    # -- the objective --------------------------------------------------------------------------
+    def base_root(self, measurement: Measurement) -> GaussianRoot | None:
+        """The Gaussian base of each measurement (None without a base), float32 over the ``V · C``
+        real entries: the exact posterior given ``y`` on the observed entries, or the fitted prior
+        when blind."""
+        if self.base is None:
+            return None
+        device = measurement.y.device
+        if self.blind:
+            root = self.base.root(self.base_rank)
+            root = GaussianRoot(*(value.expand(len(measurement), *value.shape[1:]) for value in
+                                  (root.mean, root.scale, root.directions)))
+        else:
+            y, observed = measurement.to("cpu").real_entries(self.layout.num_vertices)
+            root = self.base.posterior_root(y, observed, self.noise_std, self.base_rank)
+        return GaussianRoot(*(value.float().to(device) for value in (root.mean, root.scale, root.directions)))
+
+    def condition(self, measurement: Measurement, root: GaussianRoot | None = None) -> torch.Tensor:
+        """``(B, V, C + 1)``: ``y`` and the observed mask on the real vertices (``(B, V, C)`` if blind),
+        followed by the base's mean and scale (``2 C`` more channels) when its ``root`` is given."""
+        V, C = self.layout.num_vertices, self.layout.num_channels
+        y = measurement.y[:, :V]
+        parts = [y] if self.blind else [y, measurement.observed[:, :V, None].to(y.dtype)]
+        if root is not None:
+            parts += [root.mean.reshape(-1, V, C), root.scale.reshape(-1, V, C)]
+        return torch.cat(parts, dim=-1)
+
+    def generate(self, measurement: Measurement, z: torch.Tensor, root: GaussianRoot | None = None):
+        """``x = G(z, c(y))`` as a padded batch ``(B, V_pad, C)`` (zero padding) and ``log|det ∂G/∂z|``.
+
+        With a Gaussian base, its ``root`` (from :meth:`base_root`) may be passed precomputed."""
+        if self.base is not None and root is None:
+            root = self.base_root(measurement)
+        values, log_det = self.flow(z, self.condition(measurement, root))
+        if root is not None:
+            values, log_det = root.transform(values), log_det + root.log_det()
+        x = self.layout.pad(values.reshape(-1, self.layout.num_vertices, self.layout.num_channels))
+        return x, log_det
+
+    def forward(self, measurement: Measurement, generator: torch.Generator | None = None,
+                root: GaussianRoot | None = None) -> dict:
+        """Per-measurement terms ``(B,)`` of L: ``loss``, ``fidelity``, ``prior`` (= b'), ``logdet``."""
+        z = torch.randn(len(measurement), self.flow.dim, generator=generator, device=measurement.y.device)
+        x, log_det = self.generate(measurement, z, root)
+        fidelity = self.operator.misfit(measurement, x)
+        elbo = self.prior.elbo(self.layout.flatten(x), num_times=self.num_times, generator=generator)
+        total = self.weights["fidelity"] * fidelity - self.weights["prior"] * elbo - self.weights["logdet"] * log_det
+        return dict(loss=total, fidelity=fidelity, prior=elbo, logdet=log_det)
+
+    # -- sampling ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_measurement(self, measurement: Measurement, n: int = 1, generator: torch.Generator | None = None,
+                           max_batch: int = 8192) -> torch.Tensor:
+        """``(n, B, V_pad, C)`` posterior draws for a :class:`~manifold_aps.operators.Measurement`; one flow call per chunk."""
+        _check_sampling(n, generator)
+        self.eval()
+        device = next(self.flow.parameters()).device
+        measurement = measurement.to(device)
+        chunk = max(1, max_batch // n)
+        draws = []
+        for start in range(0, len(measurement), chunk):
+            part = measurement[start:start + chunk]
+            root = self.base_root(part)
+            values = self.flow.sample(self.condition(part, root), n, generator=generator)
+            if root is not None:
+                values = root.transform(values)
+            draws.append(values.reshape(n, len(part), self.layout.num_vertices, self.layout.num_channels))
+        return torch.nn.functional.pad(torch.cat(draws, dim=1), (0, 0, 0, self.layout.padded_vertices - self.layout.num_vertices))
+
+    def sample(self, observed, n: int = 1, generator: torch.Generator | None = None):
+        """Posterior draws for the user's measurement(s) ``observed`` ((V,), (V, C) or (N, V, C), or a
+        lat-lon DataArray; NaN = hidden), in physical units (module docstring): returns ``(n, ...)``
+        in the same kind, layout and units (numpy / torch / xarray)."""
+        measurement, form, units = self._measurement_from_user(observed)
+        draws = self._to_user_units(self.sample_measurement(measurement, n, generator).cpu(), units)
+        return self.layout.restore(draws, form)
+
+    def posterior(self, observed, n: int = 128, generator: torch.Generator | None = None):
+        """``(mean, std)`` of ``n`` posterior draws, each in the form and units of ``observed``."""
+        _check_sampling(n, generator)
+        if n < 2:
+            raise ValueError(f"a posterior std needs n ≥ 2 samples, got {n}")
+        measurement, form, units = self._measurement_from_user(observed)
+        draws = self.sample_measurement(measurement, n, generator).cpu()
+        std = draws.std(dim=0)
+        if self.normalizer is not None:
+            std = self.normalizer.denormalize_std(std)  # kelvin and °C share their scale: no conversion
+        return self.layout.restore(self._to_user_units(draws.mean(dim=0), units), form), self.layout.restore(std, form)
+
+    def _measurement_from_user(self, observed) -> tuple[Measurement, object, str | None]:
+        """The measurement in model units, the input's form and its units (a DataArray's ``units``)."""
+        batch, form = self.layout.to_batch(observed)
+        units = getattr(observed, "attrs", {}).get("units")
+        if self.normalizer is not None:
+            batch = convert_units(batch, units, self.normalizer.units)
+            warn_outside_training_range(batch, self.normalizer)
+            batch = self.normalizer.normalize(batch)
+        return Measurement.from_nan(batch, self.layout.vertex_mask()), form, units
+
+    def _to_user_units(self, values: torch.Tensor, units: str | None) -> torch.Tensor:
+        if self.normalizer is None:
+            return values
+        return convert_units(self.normalizer.denormalize(values), self.normalizer.units, units)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def state_payload(self, include_prior: bool = True) -> dict:
+        """Plain-value description of the model; without ``include_prior`` the prior is left out
+        (it is then supplied to :meth:`from_payload`, as :mod:`manifold_aps.pretrained` does)."""
+        return dict(
+            flow_kind=self.flow_kind, flow_config=dict(self.flow.config), flow_state=self.flow.state_dict(),
+            layout=dataclasses.asdict(self.layout), operator=self.operator.to_config(),
+            normalizer=None if self.normalizer is None else self.normalizer.state_dict(), weights=dict(self.weights), num_times=self.num_times,
+            prior=prior_record(self.prior) if include_prior else None, report=dict(self.report),
+            base=None if self.base is None else dict(
+                mean=self.base.mean.clone(), modes=self.base.modes.clone(), spectrum=self.base.spectrum.clone(),  # no views
+                nugget_variance=self.base.nugget_variance, rank=self.base_rank),
+        )
+
+    def save(self, path) -> Path:
+        """Write a versioned, weights-only checkpoint (flow, prior, operator, configuration, report)."""
+        return save_checkpoint(path, self.state_payload(), kind="aps_model")
+
+    @classmethod
+    def from_payload(cls, payload: dict, prior: DiffusionPrior | None = None) -> "AmortizedPosteriorSampler":
+        """Rebuild a model from :meth:`state_payload`; ``prior`` replaces (or supplies) the stored one.
+
+        Files written before operators were stored (``noise_std`` and ``blind`` only) load with an
+        operator that knows σ_y but not the hidden fraction.
+        """
+        layout = VertexLayout(**payload["layout"])
+        if prior is None:
+            if payload.get("prior") is None:
+                raise ValueError("this APS file stores no prior (it was saved without one); pass the prior")
+            prior = prior_from_record(payload["prior"], layout)
+        state, config = payload["flow_state"], dict(payload["flow_config"])
+        if "n_steps" in config:  # files written before the flow depth was called depth
+            config["depth"] = config.pop("n_steps")
+        if payload["flow_kind"] == "mesh":
+            edge_index = next(value for key, value in state.items() if key.endswith("edge_index"))
+            flow = ConditionalMeshFlow(edge_index, **config)
+        else:
+            flow = ConditionalRealNVP(**config)
+        flow.load_state_dict(state)
+        if "operator" in payload:
+            operator = operator_from_config(payload["operator"])
+        else:
+            mask = BlindVertexMask if payload["blind"] else RandomVertexMask
+            rate = dict(hidden_range=None) if payload["blind"] else dict(hidden_fraction=None)
+            operator = mask(layout.num_vertices, layout.padded_vertices, noise_std=payload["noise_std"], **rate)
+        weights = payload["weights"]
+        stored = payload.get("base")
+        base = None if stored is None else LowRankGaussian(stored["mean"].double(), stored["modes"].double(),
+                                                          stored["spectrum"].double(), stored["nugget_variance"])
+        normalizer = payload.get("normalizer")
+        model = cls(flow, prior, operator, weights["fidelity"], weights["prior"], weights["logdet"],
+                    payload["num_times"], base, stored["rank"] if stored else None,
+                    MinMaxNormalizer(**normalizer) if normalizer else None)
+        model.report = dict(payload.get("report", {}))
+        return model
+
+    @classmethod
+    def load(cls, path, device="cpu") -> "AmortizedPosteriorSampler":
+        """Read a model written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            CheckpointError: the file is damaged, not an APS model, or its parts do not fit together.
+        """
+        payload = load_checkpoint(path, kind="aps_model", map_location="cpu")
+        try:
+            model = cls.from_payload(payload)
+        except (KeyError, TypeError, ValueError, RuntimeError, StopIteration) as error:
+            raise CheckpointError(f"{path} is an incomplete or inconsistent APS model file "
+                                  f"({type(error).__name__}: {error})") from None
+        return model.to(resolve_device(device))
+
+
+def _check_sampling(n, generator):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n (the number of posterior samples) must be an integer, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+

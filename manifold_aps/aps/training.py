@@ -1,0 +1,97 @@
+"""APS training: the measurements (and their Gaussian bases) packed into one tensor, the flow's
+data-dependent initialisation, and the loop (:func:`manifold_aps.trainer.train`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from manifold_aps.aps.config import APSConfig
+from manifold_aps.aps.sampler import AmortizedPosteriorSampler
+from manifold_aps.gaussian_posterior import GaussianRoot
+from manifold_aps.operators import Measurement
+from manifold_aps.trainer import resolve_device, train
+
+__all__ = ["train_aps", "pack", "unpack", "initial_guess"]
+
+
+def initial_guess(measurement: Measurement, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A rough signal from a measurement alone, for ActNorm's data-dependent initialisation:
+    ``y`` where observed, per-sample mean ± std of the observed values elsewhere."""
+    weights = measurement.observed[..., None].to(measurement.y.dtype)
+    count = weights.sum(dim=1, keepdim=True).clamp_min(1)
+    mean = (measurement.y * weights).sum(dim=1, keepdim=True) / count
+    std = (((measurement.y - mean) ** 2 * weights).sum(dim=1, keepdim=True) / count).sqrt().clamp_min(1e-3)
+    noise = torch.randn(measurement.y.shape, generator=generator, device=measurement.y.device)
+    return torch.where(measurement.observed[..., None], measurement.y, mean + std * noise)
+
+
+def pack(measurement: Measurement, root: GaussianRoot | None = None) -> torch.Tensor:
+    """``(N, V_pad, C + 1)``: ``y`` and the observed mask in one tensor (what the trainer batches),
+    then, with a Gaussian base ``root``, its mean, scale and directions (``(2 + r) C`` more
+    channels, zero on padding)."""
+    y = measurement.y
+    parts = [y, measurement.observed[..., None].to(y.dtype)]
+    if root is not None:
+        count, padded, C = y.shape
+        extra = torch.cat([root.mean[..., None], root.scale[..., None], root.directions], dim=-1)  # (N, V·C, 2 + r)
+        extra = extra.reshape(count, -1, C * extra.shape[-1]).to(y.dtype)
+        parts.append(torch.nn.functional.pad(extra, (0, 0, 0, padded - extra.shape[1])))
+    return torch.cat(parts, dim=-1)
+
+
+def unpack(batch: torch.Tensor, channels: int, num_vertices: int | None = None):
+    """Inverse of :func:`pack`: ``(Measurement, GaussianRoot or None)``; ``num_vertices`` (the
+    real vertices) is needed when the batch carries a base."""
+    measurement = Measurement(batch[..., :channels], batch[..., channels] > 0.5)
+    if batch.shape[-1] == channels + 1:
+        return measurement, None
+    extra = batch[:, :num_vertices, channels + 1:]
+    extra = extra.reshape(len(batch), num_vertices * channels, -1)
+    return measurement, GaussianRoot(extra[..., 0], extra[..., 1], extra[..., 2:])
+
+
+def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, config: APSConfig,
+              checkpoint=None, resume: bool = True, progress: bool = True, device="auto"):
+    """Train ``model.flow`` on ``measurements`` (no clean signal is involved) with the shared
+    :func:`manifold_aps.trainer.train` loop (AdamW, warm-up, clipping, EMA, atomic checkpoints,
+    resume, torchrun DDP). The EMA weights are left in the model. Returns the trainer's result;
+    its ``losses`` are the loss per real entry.
+    """
+    device = resolve_device(device)
+    model.to(device)
+    channels, vertices = model.layout.num_channels, model.layout.num_vertices
+    if model.base is None:
+        data = pack(measurements).float()
+    else:  # the base of every measurement, once (O(D k²) each), written chunk by chunk into one tensor
+        data = None
+        for start in range(0, len(measurements), 256):
+            part = measurements[start:start + 256].to("cpu")
+            packed = pack(part, model.base_root(part)).float()
+            if data is None:
+                data = torch.empty(len(measurements), *packed.shape[1:])
+            data[start:start + len(part)] = packed
+    if not (checkpoint is not None and resume and Path(checkpoint).exists()):
+        generator = torch.Generator(device=device).manual_seed(config.training.seed)
+        first, first_root = unpack(data[: max(64, config.training.batch_size)].to(device), channels, vertices)
+        if first_root is None:
+            example = model.layout.unpad(initial_guess(first, generator)).flatten(1)
+        else:  # with a Gaussian base the flow's outputs are standardised: start it at the identity
+            example = torch.randn(len(first), model.flow.dim, generator=generator, device=device)
+        model.flow.initialize(example, model.condition(first, first_root))
+    entries = model.flow.dim
+
+    def loss_fn(trained, batch, generator):
+        measurement, batch_root = unpack(batch, channels, vertices)
+        return trained(measurement, generator, batch_root)["loss"].mean() / entries
+
+    model.flow.train()
+    result = train(model, loss_fn, data, replace(config.training, device=str(device), progress=progress),
+                   checkpoint_path=checkpoint, resume=resume, metadata={"aps": config.flow_shape() | {"num_times": config.num_times}})
+    result.ema.copy_to(model)
+    model.eval()
+    return result
+
+

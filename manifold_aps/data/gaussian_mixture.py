@@ -1,0 +1,276 @@
+"""Gaussian-mixture random fields: non-Gaussian signals whose score and posterior are exact.
+
+The prior is a mixture of ``K`` low-rank-plus-nugget Gaussians over the ``D = V · C`` real entries
+(:class:`~manifold_aps.gaussian_posterior.LowRankGaussian`, e.g. Matérn fields with different mean
+levels, length scales and amplitudes, :func:`matern_mixture`):
+
+    p(x) = Σ_k w_k N(x; μ_k, Σ_k),   Σ_k = Φ_k S_k Φ_kᵀ + τ_k² I.
+
+**Posterior** under vertex masking, ``y_o = x_o + σ n``: a mixture of the components' Gaussian
+posteriors ``N(m_k, C_k)`` (:meth:`LowRankGaussian.posterior
+<manifold_aps.gaussian_posterior.LowRankGaussian.posterior>`), reweighted by each component's
+evidence:
+
+    p(x | y) = Σ_k r_k N(x; m_k, C_k),
+    log r_k = log w_k + log N(y_o; μ_{k,o}, Σ_{k,oo} + σ² I) − logsumexp_j(same for j),
+    mean = Σ_k r_k m_k,   var = Σ_k r_k (diag C_k + (m_k − mean)²)   (law of total variance).
+
+The evidence is the log-density of the observed entries under the component with nugget
+``τ_k² + σ²``, evaluated by :meth:`LowRankGaussian.log_prob
+<manifold_aps.gaussian_posterior.LowRankGaussian.log_prob>` (Woodbury and the matrix determinant
+lemma, ``O(D_o k²)``).
+
+**Exact noise prediction.** Under the VPSDE each component is noised independently, so
+
+    p_t(x) = Σ_k w_k N(x; α_t μ_k, Γ_k),   Γ_k = α_t² Σ_k + σ_t² I,
+    ε*(x, t) = −σ_t ∇log p_t(x) = Σ_k ρ_k(x, t) σ_t Γ_k⁻¹ (x − α_t μ_k),
+    log ρ_k = log w_k + log N(x; α_t μ_k, Γ_k) − logsumexp_j(same for j):
+
+the component predictions of :class:`~manifold_aps.diffusion.gaussian.GaussianNoisePredictor`
+weighted by their responsibilities. With ``Σ_k = U_k diag(λ_k) U_kᵀ + c_k (I − U_k U_kᵀ)`` in the
+predictor's orthonormal form (``c_k = τ_k²`` on the real entries, 0 on padding),
+
+    log det Γ_k = Σ_i log(α_t² λ_{k,i} + σ_t²) + Σ_v log(α_t² c_{k,v} + σ_t²) − r_k log(α_t² τ_k² + σ_t²),
+
+so every term is ``O(d r_k)`` per sample: no ``d × d`` matrix on the 4160-entry sphere layout.
+Everything is float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from manifold_aps.data.gaussian_fields import GaussianRandomField
+from manifold_aps.gaussian_posterior import LowRankGaussian
+
+__all__ = ["GaussianMixtureField", "GaussianMixturePosterior", "MixtureNoisePredictor", "matern_mixture"]
+
+
+def _as_tensor(values, dtype=torch.float64) -> torch.Tensor:
+    """A CPU tensor of ``dtype`` from a tensor, array or list."""
+    array = values.detach().cpu() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return torch.as_tensor(array).to(dtype)
+
+
+class GaussianMixtureField:
+    """``p(x) = Σ_k w_k N(x; μ_k, Σ_k)`` over ``D`` real entries (see the module docstring).
+
+    Arguments:
+        components: ``K ≥ 1`` :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` of the same
+            dimension ``D = V · C`` (vertex-major), each with a positive nugget (so every density
+            exists).
+        weights: ``(K,)`` positive, summing to 1.
+
+    Example:
+        >>> import torch, manifold_aps as aps
+        >>> mixture = matern_mixture(aps.healpix_sphere(4), means=(0.3, 0.7), length_fractions=(0.1, 0.3),
+        ...                          stds=(0.1, 0.05), num_modes=60)
+        >>> mixture.sample(5, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([5, 192])
+    """
+
+    def __init__(self, components, weights):
+        self.components = list(components)
+        if not self.components:
+            raise ValueError("a mixture needs at least one component (K = 0 given)")
+        if not all(isinstance(component, LowRankGaussian) for component in self.components):
+            raise TypeError("components must be LowRankGaussian instances")
+        dims = {component.dim for component in self.components}
+        if len(dims) != 1:
+            raise ValueError(f"all components must have the same dimension V·C, got {sorted(dims)}")
+        if any(component.nugget_variance <= 0 for component in self.components):
+            raise ValueError("every component needs a positive nugget_variance (its density must exist)")
+        weights = _as_tensor(weights)
+        if weights.shape != (len(self.components),):
+            raise ValueError(f"weights must have shape ({len(self.components)},), one per component, "
+                             f"got {tuple(weights.shape)}")
+        if not torch.isfinite(weights).all() or (weights <= 0).any():
+            raise ValueError(f"weights must be positive, got {weights.tolist()}")
+        if abs(float(weights.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1, got sum {float(weights.sum()):.6g}")
+        self.weights = weights / weights.sum()
+
+    @property
+    def dim(self) -> int:
+        return self.components[0].dim
+
+    @property
+    def num_components(self) -> int:
+        return len(self.components)
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(n, D)`` draws: a component ``k ~ w``, then ``x ~ N(μ_k, Σ_k)``."""
+        labels = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
+        draws = torch.empty(num_samples, self.dim, dtype=torch.float64)
+        for index, component in enumerate(self.components):
+            chosen = labels == index
+            draws[chosen] = component.sample(int(chosen.sum()), generator)
+        return draws
+
+    def _log_joint(self, x) -> torch.Tensor:
+        """``log w_k + log N(x; μ_k, Σ_k)`` ``(B, K)`` per row of ``x`` ``(B, D)``."""
+        return torch.log(self.weights) + torch.stack([component.log_prob(x) for component in self.components], dim=1)
+
+    def log_prob(self, x) -> torch.Tensor:
+        """``log p(x) = logsumexp_k(log w_k + log N(x; μ_k, Σ_k))`` ``(B,)``."""
+        return torch.logsumexp(self._log_joint(x), dim=1)
+
+    def responsibilities(self, x) -> torch.Tensor:
+        """``p(k | x) = w_k N(x; μ_k, Σ_k) / p(x)`` ``(B, K)``. Under vertex masking ``y`` depends on
+        ``k`` only through ``x``, so ``p(k | x, y) = p(k | x)`` and the average over posterior draws
+        ``E_{x ~ p(x|y)}[p(k | x)] = p(k | y)``: the posterior weights."""
+        return torch.softmax(self._log_joint(x), dim=1)
+
+    def posterior(self, y, observed, noise_std: float) -> "GaussianMixturePosterior":
+        """Exact posterior given ``y`` on the ``observed`` entries (conventions of
+        :meth:`LowRankGaussian.posterior <manifold_aps.gaussian_posterior.LowRankGaussian.posterior>`:
+        ``y`` ``(D,)`` or ``(B, D)``, ``observed`` bool of the same shape or ``(D,)``)."""
+        unbatched = np.ndim(y) == 1
+        y, observed = torch.atleast_2d(_as_tensor(y)), torch.atleast_2d(_as_tensor(observed, torch.bool))
+        observed = observed.expand(y.shape[0], -1) if observed.shape[0] == 1 else observed
+        if y.shape[-1] != self.dim or observed.shape != y.shape:
+            raise ValueError(f"y {tuple(y.shape)} and observed {tuple(observed.shape)} must be (D,) or (B, D) "
+                             f"with D={self.dim} (vertices × channels)")
+        parts = [component.posterior(y, observed, noise_std) for component in self.components]
+        log_evidence = torch.stack([self._log_evidence(component, y, observed, noise_std)
+                                    for component in self.components], dim=1)
+        weights = torch.softmax(torch.log(self.weights) + log_evidence, dim=1)
+        means = torch.stack([part.mean for part in parts])  # (K, B, D)
+        variances = torch.stack([part.std for part in parts]) ** 2
+        mean = torch.einsum("bk,kbd->bd", weights, means)
+        variance = torch.einsum("bk,kbd->bd", weights, variances + (means - mean) ** 2)
+        return GaussianMixturePosterior(mean, variance.sqrt(), weights, self, y, observed, float(noise_std), unbatched)
+
+    @staticmethod
+    def _log_evidence(component: LowRankGaussian, y: torch.Tensor, observed: torch.Tensor, noise_std: float) -> torch.Tensor:
+        """``log N(y_o; μ_o, Σ_oo + σ² I)`` per row: the observed entries' marginal with nugget ``τ² + σ²``."""
+        values = []
+        for row, mask in zip(y, observed):
+            marginal = LowRankGaussian(component.mean[mask], component.modes[mask], component.spectrum,
+                                       component.nugget_variance + float(noise_std) ** 2)
+            values.append(marginal.log_prob(row[mask][None])[0])
+        return torch.stack(values)
+
+    def exact_prior(self, layout, sde=None):
+        """A :class:`~manifold_aps.diffusion.DiffusionPrior` whose noise prediction is the exact one of
+        the noised mixture (:class:`MixtureNoisePredictor`); padding entries have mean 0 and variance 0
+        in every component, as in padded training data."""
+        from manifold_aps.diffusion.gaussian import exact_gaussian_prior
+        from manifold_aps.diffusion.prior import DiffusionPrior
+
+        priors = [exact_gaussian_prior(component, layout, sde) for component in self.components]
+        return DiffusionPrior(MixtureNoisePredictor([prior.network for prior in priors], self.weights), layout,
+                              priors[0].sde)
+
+
+@dataclass
+class GaussianMixturePosterior:
+    """The exact posterior of a :class:`GaussianMixtureField`: ``mean`` and per-entry ``std`` ``(B, D)``
+    and the posterior component probabilities ``weights`` ``(B, K)`` (unbatched input: ``(D,)`` and
+    ``(K,)``); :meth:`sample` draws from the full (correlated) mixture."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weights: torch.Tensor
+    field: GaussianMixtureField
+    y: torch.Tensor
+    observed: torch.Tensor
+    noise_std: float
+    unbatched: bool = False
+
+    def __post_init__(self):
+        if self.unbatched:
+            self.mean, self.std, self.weights = self.mean[0], self.std[0], self.weights[0]
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(n, B, D)`` draws (``(n, D)`` unbatched): per draw a component ``k ~ r(y)``, then ``x`` from
+        its exact posterior (:meth:`LowRankGaussian.posterior_root
+        <manifold_aps.gaussian_posterior.LowRankGaussian.posterior_root>` with every mode kept)."""
+        weights = torch.atleast_2d(self.weights)
+        labels = torch.multinomial(weights, num_samples, replacement=True, generator=generator).T  # (n, B)
+        white = torch.randn(num_samples, *self.y.shape, generator=generator, dtype=torch.float64)
+        draws = torch.empty_like(white)
+        for index, component in enumerate(self.field.components):
+            chosen = labels == index
+            if chosen.any():
+                root = component.posterior_root(self.y, self.observed, self.noise_std, component.rank)
+                draws[chosen] = root.transform(white)[chosen]
+        return draws[:, 0] if self.unbatched else draws
+
+
+class MixtureNoisePredictor(torch.nn.Module):
+    """``ε*(x_t, t)`` of noised Gaussian-mixture data; a drop-in for a trained network.
+
+    Arguments:
+        components: one :class:`~manifold_aps.diffusion.gaussian.GaussianNoisePredictor` per
+            component, all over the same ``d`` entries and the same SDE.
+        weights: ``(K,)`` mixture weights.
+
+    The responsibilities ``ρ_k`` are a softmax of the log-joint (computed as
+    ``exp(ℓ_k − logsumexp ℓ)``, stable for the ``|ℓ| ~ 10⁴`` of the sphere layout); the prediction
+    is computed in float64 and returned in the input's dtype, differentiably in ``x``.
+    """
+
+    def __init__(self, components, weights):
+        super().__init__()
+        self.components = torch.nn.ModuleList(components)
+        if len({component.mean.shape[0] for component in self.components}) != 1:
+            raise ValueError("all component predictors must have the same dimension")
+        self.sde = self.components[0].sde
+        self.register_buffer("log_weights", torch.log(_as_tensor(weights)))
+
+    def component_terms(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log w_k + log N(x; α_t μ_k, Γ_k)`` ``(B, K)`` and ``σ_t Γ_k⁻¹ (x − α_t μ_k)`` ``(K, B, d)``."""
+        x, t = x.double(), t.double()
+        alpha, sigma = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
+        alpha2, sigma2 = alpha**2, sigma**2
+        log_joint, predictions = [], []
+        for component in self.components:
+            residual = x - alpha * component.mean
+            solved = component.marginal_precision_apply(residual, t)
+            nugget = component.complement_variance.max()
+            log_det = (torch.log(alpha2 * component.eigenvalues + sigma2).sum(1)
+                       + torch.log(alpha2 * component.complement_variance + sigma2).sum(1)
+                       - component.eigenvalues.shape[0] * torch.log(alpha2[:, 0] * nugget + sigma2[:, 0]))
+            quadratic = (residual * solved).sum(1)
+            log_joint.append(-0.5 * (quadratic + log_det + x.shape[1] * math.log(2 * math.pi)))
+            predictions.append(sigma * solved)
+        return torch.stack(log_joint, dim=1) + self.log_weights, torch.stack(predictions)
+
+    def log_prob_noised(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``log p_t(x)`` ``(B,)`` of the noised mixture."""
+        return torch.logsumexp(self.component_terms(x, t)[0], dim=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        log_joint, predictions = self.component_terms(x, t)
+        responsibilities = torch.exp(log_joint - torch.logsumexp(log_joint, dim=1, keepdim=True))
+        return torch.einsum("bk,kbd->bd", responsibilities, predictions).to(x.dtype)
+
+
+def matern_mixture(mesh, means=(0.35, 0.5, 0.65), length_fractions=(0.1, 0.2, 0.4), stds=(0.1, 0.15, 0.05),
+                   weights=None, smoothness: float = 1.5, num_modes: int = 128, nugget: float = 0.05) -> GaussianMixtureField:
+    """``K`` Matérn fields (:class:`~manifold_aps.data.gaussian_fields.GaussianRandomField`) on ``mesh``
+    that differ in mean level, length scale and amplitude.
+
+    Arguments:
+        means, length_fractions, stds: one per component: the constant mean, the length scale as a
+            fraction of the mesh's bounding-box diagonal (so the same numbers suit any mesh) and the
+            area-averaged pointwise std of the smooth part.
+        weights: mixture weights (default uniform).
+        smoothness: ``ν`` of every component; num_modes: Laplace-Beltrami modes kept (at most V/2).
+        nugget: white-noise variance of each component as a fraction of its variance.
+    """
+    if not len(means) == len(length_fractions) == len(stds):
+        raise ValueError(f"means, length_fractions and stds need one entry per component, got lengths "
+                         f"{len(means)}, {len(length_fractions)}, {len(stds)}")
+    extent = float((mesh.vertices.max(0).values - mesh.vertices.min(0).values).norm())
+    modes = min(num_modes, mesh.num_vertices // 2)
+    components = [GaussianRandomField(mesh, length_scale=fraction * extent, smoothness=smoothness, variance=std**2,
+                                      mean=mean, num_modes=modes, nugget=nugget)
+                  for mean, fraction, std in zip(means, length_fractions, stds)]
+    return GaussianMixtureField(components, torch.full((len(components),), 1.0 / len(components)) if weights is None
+                                else weights)

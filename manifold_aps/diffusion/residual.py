@@ -1,0 +1,122 @@
+"""Gaussian-residual noise networks: a learned correction on top of the exact PPCA-Gaussian prior.
+
+For data fitted by a Gaussian ``N(μ, Σ)`` (PPCA of the training signals, low rank plus nugget) the
+exact noise prediction ``ε_G(x_t, t)`` is known in closed form
+(:class:`~manifold_aps.diffusion.gaussian.GaussianNoisePredictor`). The network only learns what
+the data have beyond the Gaussian, as a denoised-signal correction in EDM's preconditioning
+(Karras et al. 2022, "Elucidating the design space of diffusion-based generative models"):
+
+    x̂_0(x_t, t) = x̂_0^G(x_t, t) + c_out(t) F_θ(c_in(t) (x_t − α_t μ), t),
+
+    c_in = 1 / √(α_t² s² + σ_t²),   c_out = (σ_t/α_t) · s α_t c_in,
+
+with ``s`` the data's standard deviation per real entry. Since ``ε = (x_t − α_t x̂_0) / σ_t``,
+
+    ε_θ(x_t, t) = ε_G(x_t, t) − g(t) F_θ(·),   g(t) = s α_t / √(α_t² s² + σ_t²) ∈ (0, 1].
+
+``g → 1`` at small ``t`` (the correction acts on ε at full strength where the data's shape
+matters) and ``g ≈ s α_t / σ_t → 0`` at large ``t``, where an error in ε is multiplied by
+``σ_t / α_t`` in the Tweedie estimate ``x̂_0 = (x_t − σ_t ε) / α_t``: there ``F_θ`` moves ``x̂_0``
+by at most ``≈ s F_θ``, so an imperfect correction cannot swamp the Gaussian's (already nearly
+optimal) estimate. ``F_θ`` is any network of :func:`~manifold_aps.diffusion.networks.build_network`
+whose output starts at zero, so at initialisation ``ε_θ = ε_G`` exactly.
+
+The Gaussian lives in the network's buffers (mean, directions, variances), with shapes fixed by
+the stored config (``rank``), so :func:`~manifold_aps.diffusion.saving.save_prior` /
+:func:`~manifold_aps.diffusion.saving.load_prior` round-trip the whole prior unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from manifold_aps.diffusion.gaussian import GaussianNoisePredictor, exact_gaussian_prior
+from manifold_aps.diffusion.noise_network import NoiseNetwork
+from manifold_aps.diffusion.sde import VPSDE
+from manifold_aps.signals import VertexLayout
+
+__all__ = ["GaussianResidualNetwork", "gaussian_residual_prior"]
+
+
+class GaussianResidualNetwork(NoiseNetwork):
+    """``ε_θ(x_t, t) = ε_G(x_t, t) − g(t) F_θ(c_in(t)(x_t − α_t μ), t)`` (see the module docstring).
+
+    Args:
+        layout: signal layout.
+        mesh: passed to mesh-aware correction networks (``"spectral"``, ``"diffusion_net"``).
+        base: :func:`~manifold_aps.diffusion.networks.build_network` name of ``F_θ`` ("mlp").
+        base_config: its keyword config ({}).
+        rank: number of Gaussian directions ``k`` (256); fixes the buffer shapes.
+        data_std: ``s``; default the root mean pointwise variance of ``gaussian``.
+        gaussian: the :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` over the ``V · C``
+            real entries (vertex-major), e.g. ``fit_ppca(train, rank)``; None builds an empty
+            shell whose buffers :func:`~manifold_aps.diffusion.saving.load_prior` fills.
+    """
+
+    name = "gaussian_residual"
+    uses_mesh = True
+
+    def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, mesh=None, base: str = "mlp",
+                 base_config: dict | None = None, rank: int = 256, data_std: float | None = None, gaussian=None):
+        super().__init__(layout, sde)
+        from manifold_aps.diffusion.networks import build_network  # networks.py registers this class
+
+        if base == self.name:
+            raise ValueError("the correction network cannot itself be a gaussian_residual network")
+        if gaussian is not None:
+            if gaussian.rank != rank:
+                raise ValueError(f"rank={rank} but the Gaussian has {gaussian.rank} directions")
+            self.gaussian = exact_gaussian_prior(gaussian, layout, self.sde).network
+            if data_std is None:
+                data_std = float(gaussian.pointwise_variance().mean().sqrt())
+        else:
+            self.gaussian = _empty_gaussian(layout.dim, rank, self.sde)
+        if data_std is None or not data_std > 0:
+            raise ValueError(f"data_std must be positive (or come from a gaussian), got {data_std}")
+        self.correction = build_network(base, layout, mesh=mesh, sde=self.sde, **(base_config or {}))
+        if not getattr(self.correction, "output_starts_at_zero", False):
+            raise ValueError(f"the {base!r} network does not start at zero output; choose one that does")
+        self.config = dict(base=base, base_config=dict(self.correction.config), rank=rank, data_std=float(data_std))
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
+        data_std = self.config["data_std"]
+        input_scale = torch.rsqrt(alpha**2 * data_std**2 + sigma**2)
+        centered = (x - alpha * self.gaussian.mean.to(x.dtype)) * input_scale
+        gain = data_std * alpha * input_scale
+        return self.gaussian(x, t) - gain * self.correction(centered, t)
+
+
+def _empty_gaussian(dim: int, rank: int, sde: VPSDE) -> GaussianNoisePredictor:
+    """A predictor with buffers of the right shapes (filled by ``load_state_dict``)."""
+    predictor = GaussianNoisePredictor(torch.zeros(dim, dtype=torch.float64), None, sde)
+    predictor.eigenvectors = torch.zeros(dim, rank, dtype=torch.float64)
+    predictor.eigenvalues = torch.zeros(rank, dtype=torch.float64)
+    return predictor
+
+
+def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, base: str = "mlp", rank: int = 256,
+                            mesh=None, sde: VPSDE | None = None, **base_config):
+    """A :class:`~manifold_aps.diffusion.prior.DiffusionPrior` whose network is a Gaussian-residual
+    network around the PPCA Gaussian (``rank`` modes) of ``train_signals`` ``(N, V, C)`` (or
+    padded, ``(N, V_pad, C)``); ``base_config`` configures the correction network ``base``.
+
+    Example:
+        >>> from manifold_aps.tasks import load_task                        # doctest: +SKIP
+        >>> task = load_task("bunny_mnist")                                  # doctest: +SKIP
+        >>> prior = gaussian_residual_prior(task.train, VertexLayout(task.mesh.num_vertices),
+        ...                                 base="mlp", width=1024, depth=4)  # doctest: +SKIP
+    """
+    from manifold_aps.diffusion.prior import DiffusionPrior
+    from manifold_aps.gaussian_posterior import fit_ppca
+
+    if train_signals.dim() == 3 and train_signals.shape[1:] == (layout.padded_vertices, layout.num_channels):
+        train_signals = layout.unpad(train_signals)
+    if train_signals.dim() != 3 or train_signals.shape[1:] != (layout.num_vertices, layout.num_channels):
+        raise ValueError(f"train_signals must be (N, {layout.num_vertices}, {layout.num_channels}) or padded "
+                         f"(N, {layout.padded_vertices}, {layout.num_channels}), got {tuple(train_signals.shape)}")
+    sde = sde or VPSDE()
+    gaussian = fit_ppca(train_signals.reshape(train_signals.shape[0], -1), rank)
+    network = GaussianResidualNetwork(layout, sde, mesh=mesh, base=base, base_config=base_config, rank=rank,
+                                      gaussian=gaussian)
+    return DiffusionPrior(network, layout, sde)

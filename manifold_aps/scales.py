@@ -1,0 +1,62 @@
+"""The scale presets — ``smoke``, ``cpu``, ``paper`` — of every stage, in one table.
+
+``smoke``: seconds on a CPU, for the tests. ``cpu``: minutes to hours on a laptop-class CPU.
+``paper``: the paper's budgets (docs/method.md, "Training budgets"), meant for a GPU.
+
+Each scale holds, per stage:
+
+- ``prior_network``: keyword arguments of :func:`~manifold_aps.diffusion.build_network` for the
+  prior that :func:`~manifold_aps.aps.fit` trains when none is given (an ``mlp``);
+- ``prior_training``: :class:`~manifold_aps.trainer.TrainingConfig` fields for denoising score
+  matching (``paper``: 500k iterations for the bunny, 360k for ERA5 — :data:`~manifold_aps.scales.PAPER_PRIOR_ITERATIONS`;
+  warm-up 5000, clipping 1 and EMA 0.9999 are the score_sde defaults the paper inherits);
+- ``aps``: :class:`~manifold_aps.aps.APSConfig` fields (``paper``: K = 24 coupling steps, batch
+  64, lr 1e-5, 315k iterations as for ERA5 — use ``iterations=1_500_000`` for Bunny-MNIST);
+- ``benchmark``: test measurements, DPS/MCG steps, the training-split cap and the shortened
+  training budgets of the benchmark scripts (None: the stage's own preset).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCALES", "PRESETS", "PAPER_PRIOR_ITERATIONS", "preset"]
+
+#: the scale names, smallest first
+SCALES = ("smoke", "cpu", "paper")
+
+#: scale → stage → preset fields (see the module docstring)
+PRESETS = {
+    "smoke": dict(
+        prior_network=dict(width=128, depth=2),
+        prior_training=dict(iterations=20, batch_size=16, learning_rate=1e-3, ema_decay=0.9, checkpoint_every=10),
+        aps=dict(iterations=400, batch_size=32, learning_rate=2e-3, warmup_iterations=20, ema_decay=0.9,
+                 checkpoint_every=200, flow_depth=3, hidden=64),
+        benchmark=dict(n_measurements=4, diffusion_steps=50, limit=256, prior_iterations=200, aps_iterations=100),
+    ),
+    "cpu": dict(
+        prior_network=dict(width=512, depth=4),
+        prior_training=dict(iterations=20_000, batch_size=64, learning_rate=2e-4, warmup_iterations=500, ema_decay=0.999,
+                            checkpoint_every=500),
+        aps=dict(iterations=4000, batch_size=64, learning_rate=5e-4, warmup_iterations=100, ema_decay=0.99,
+                 checkpoint_every=500, flow_depth=8, hidden=256),
+        benchmark=dict(n_measurements=32, diffusion_steps=1000, limit=None, prior_iterations=None, aps_iterations=None),
+    ),
+    "paper": dict(
+        prior_network=dict(width=512, depth=4),
+        prior_training=dict(iterations=500_000, batch_size=64, learning_rate=2e-4, warmup_iterations=5000, ema_decay=0.9999,
+                            checkpoint_every=5000),
+        aps=dict(iterations=315_000, batch_size=64, learning_rate=1e-5, warmup_iterations=0, ema_decay=0.999,
+                 checkpoint_every=5000, flow_depth=24, hidden=256),
+        benchmark=dict(n_measurements=128, diffusion_steps=1000, limit=None, prior_iterations=None,
+                       aps_iterations=None),
+    ),
+}
+
+#: the paper's prior training budget (iterations) per task, used by the ``paper`` scale
+PAPER_PRIOR_ITERATIONS = {"bunny": 500_000, "era5": 360_000}
+
+
+def preset(scale: str, stage: str) -> dict:
+    """A copy of the ``stage`` preset of ``scale`` (a clear error for an unknown scale)."""
+    if scale not in PRESETS:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {list(SCALES)}")
+    return dict(PRESETS[scale][stage])

@@ -1,0 +1,155 @@
+"""Every flow layer through the same call ``layer(z, c) → (x, log_det)``: inverse round trip, log-det
+against the autograd Jacobian, identity at initialisation, save/load; the Chebyshev convolution
+against ``torch_geometric.nn.ChebConv``."""
+
+import pytest
+import torch
+from torch_geometric.nn import ChebConv
+
+from manifold_aps import latlon_sphere
+from manifold_aps.flows import (ActNorm, AffineCoupling, ChebyshevConv, GraphConditioner, MLPConditioner, Permutation,
+                                scaled_laplacian)
+
+MESH = latlon_sphere(60.0)  # 18 vertices: small enough for dense Jacobians
+V = MESH.num_vertices
+ACTIVE_VERTICES = torch.arange(V) % 3 == 0
+
+
+def graph_coupling(channels: int, order: int):
+    conditioner = GraphConditioner(MESH.edge_index, V, channels, 2, ACTIVE_VERTICES, hidden=8, layers=2, order=order)
+    return AffineCoupling(ACTIVE_VERTICES.repeat_interleave(channels), conditioner, scale_bound=1.5), V * channels, (V, 2)
+
+
+def mlp_coupling(cond_dim: int, aligned_features: int = 0):
+    mask = torch.arange(V) % 2 == 1  # not contiguous: the coupling reads and writes by mask
+    coordinates = torch.randperm(V, generator=torch.Generator().manual_seed(0))[mask] if aligned_features else None
+    conditioner = MLPConditioner(V - int(mask.sum()), int(mask.sum()), cond_dim, hidden=16, layers=2,
+                                 aligned_features=aligned_features, active_coordinates=coordinates)
+    return AffineCoupling(mask, conditioner), V, (cond_dim,) if cond_dim else None
+
+
+LAYERS = {  # name: () → (layer, d, condition shape per sample or None)
+    "actnorm": lambda: (ActNorm(V), V, None),
+    "permutation": lambda: (Permutation(torch.randperm(V, generator=torch.Generator().manual_seed(0))), V, None),
+    "coupling_mlp": lambda: mlp_coupling(cond_dim=3),
+    "coupling_mlp_unconditional": lambda: mlp_coupling(cond_dim=0),
+    "coupling_mlp_aligned": lambda: mlp_coupling(cond_dim=2 * V, aligned_features=2),
+    "coupling_graph": lambda: graph_coupling(channels=1, order=3),
+    "coupling_graph_order1": lambda: graph_coupling(channels=1, order=1),
+    "coupling_graph_two_channels": lambda: graph_coupling(channels=2, order=2),
+}
+
+
+def make(name: str, perturb: bool = True):
+    torch.manual_seed(0)
+    layer, dim, condition_shape = LAYERS[name]()
+    layer = layer.double()
+    if perturb:  # move every zero-initialised part away from the identity so the checks test something
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for parameter in layer.parameters():
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return layer.eval(), dim, condition_shape
+
+
+def inputs(dim: int, condition_shape, batch: int):
+    generator = torch.Generator().manual_seed(2)
+    z = torch.randn(batch, dim, generator=generator, dtype=torch.float64)
+    condition = None if condition_shape is None else torch.randn(batch, *condition_shape, generator=generator,
+                                                                  dtype=torch.float64)
+    return z, condition
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_inverse_undoes_forward(name):
+    layer, dim, condition_shape = make(name)
+    z, c = inputs(dim, condition_shape, 6)
+    x, log_det = layer(z, c)
+    z_back, inverse_log_det = layer.inverse(x, c)
+    assert x.shape == z.shape and log_det.shape == (6,)
+    assert (x - z).abs().max() > 1e-2  # the layer is not the identity here
+    torch.testing.assert_close(z_back, z, atol=1e-10, rtol=0)
+    torch.testing.assert_close(inverse_log_det, -log_det, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_log_det_matches_autograd_jacobian(name):
+    layer, dim, condition_shape = make(name)
+    z, c = inputs(dim, condition_shape, 1)
+    for direction in (layer, layer.inverse):
+        jacobian = torch.autograd.functional.jacobian(lambda v: direction(v[None], c)[0][0], z[0])
+        sign, expected = torch.linalg.slogdet(jacobian)
+        _, log_det = direction(z, c)
+        assert sign != 0
+        assert abs(log_det.item() - expected.item()) < 1e-9
+        if name != "permutation":
+            assert abs(expected.item()) > 0.01  # not volume preserving
+
+
+@pytest.mark.parametrize("name", [name for name in LAYERS if name != "permutation"])
+def test_fresh_layer_is_identity(name):
+    layer, dim, condition_shape = make(name, perturb=False)
+    z, c = inputs(dim, condition_shape, 4)
+    x, log_det = layer(z, c)
+    assert torch.equal(x, z)
+    assert torch.equal(log_det, torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_save_load_round_trip(name, tmp_path):
+    layer, dim, condition_shape = make(name)
+    torch.save(layer.state_dict(), tmp_path / "layer.pt")
+    rebuilt, _, _ = make(name, perturb=False)
+    rebuilt.load_state_dict(torch.load(tmp_path / "layer.pt", weights_only=True))
+    z, c = inputs(dim, condition_shape, 3)
+    torch.testing.assert_close(rebuilt(z, c), layer(z, c), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["coupling_mlp_aligned", "coupling_graph_two_channels"])
+def test_coupling_is_affine_in_the_active_entries_given_the_passive_ones(name):
+    layer, dim, condition_shape = make(name)
+    z, c = inputs(dim, condition_shape, 2)
+    mask = torch.zeros(dim, dtype=torch.bool)
+    mask[layer.active] = True
+    x, log_det = layer(z, c)
+    assert torch.equal(x[:, ~mask], z[:, ~mask])
+    moved = [layer(z + step * mask, c) for step in (1.0, 2.0)]
+    for x_moved, log_det_moved in moved:
+        assert torch.equal(x_moved[:, ~mask], z[:, ~mask])
+        assert torch.equal(log_det_moved, log_det)  # s and t read the passive entries only
+    scale = moved[0][0] - x  # exp(s) on the active entries
+    torch.testing.assert_close(moved[1][0] - x, 2 * scale, atol=1e-12, rtol=0)
+    torch.testing.assert_close(scale[:, mask].log().sum(dim=1), log_det, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("batched", [False, True])
+def test_chebyshev_conv_matches_torch_geometric(order, batched):
+    torch.manual_seed(order)
+    reference = ChebConv(5, 7, K=order).double()
+    with torch.no_grad():
+        reference.bias.normal_()  # ChebConv starts it at zero
+    conv = ChebyshevConv(5, 7, order).double()
+    conv.load_state_dict(reference.state_dict())  # the same parameter names
+    features = torch.randn(3, V, 5, dtype=torch.float64)
+    index, weight = scaled_laplacian(MESH.edge_index, V, torch.float64)
+    laplacian = torch.sparse_coo_tensor(index, weight, (V, V), check_invariants=False)
+    expected = torch.stack([reference(item, MESH.edge_index) for item in features])
+    out = conv(features, laplacian) if batched else torch.stack([conv(item, laplacian) for item in features])
+    assert (expected - features[..., :1]).abs().max() > 0.1
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+
+
+def test_chebyshev_conv_initialises_as_torch_geometric():
+    torch.manual_seed(3)
+    reference, after_reference = ChebConv(4, 6, K=3).state_dict(), torch.randn(3)
+    torch.manual_seed(3)
+    ours, after_ours = ChebyshevConv(4, 6, order=3).state_dict(), torch.randn(3)
+    assert list(ours) == list(reference)
+    assert all(torch.equal(ours[key], reference[key]) for key in reference)
+    assert torch.equal(after_ours, after_reference)  # the same draws: what is built next is the same too
+
+
+def test_chebyshev_conv_rejects_order_zero():
+    with pytest.raises(ValueError, match="order must be ≥ 1"):
+        ChebyshevConv(3, 3, order=0)
