@@ -29,12 +29,12 @@ CONFIGS = {
     "spectral k64 w256 d3": ("spectral", dict(num_modes=64, width=256, depth=3)),
     "spectral k256 w512 d4": ("spectral", dict(num_modes=256, width=512, depth=4)),
     "diffusion_net k64 w32 d4": ("diffusion_net", dict(num_modes=64, width=32, depth=4)),
-    "diffusion_net k128 w64 d4": ("diffusion_net", dict(num_modes=128, width=64, depth=4)),
+    "diffusion_net k32 w16 d3": ("diffusion_net", dict(num_modes=32, width=16, depth=3)),
     # the Gaussian-residual wrapper (rank-256 Gaussian, empty buffers: the cost is the same)
     "gaussian_residual mlp w1024 d4": ("gaussian_residual", dict(base="mlp", base_config=dict(width=1024, depth=4),
-                                                                   rank=256, data_std=0.1)),
+                                                                   rank=256)),
     "gaussian_residual diffusion_net k64 w32 d4": ("gaussian_residual", dict(
-        base="diffusion_net", base_config=dict(num_modes=64, width=32, depth=4), rank=256, data_std=0.1)),
+        base="diffusion_net", base_config=dict(num_modes=64, width=32, depth=4), rank=256)),
 }
 
 

@@ -107,7 +107,8 @@ def render_rows(task, rows: dict, path: Path) -> Path:
                                   columns=len(next(iter(values.values()))))
     from manifold_aps.render import render_signals
 
-    panels = [[(f"{label} {i + 1}", v, None, "value") for i, v in enumerate(signals)] for label, signals in values.items()]
+    panels = [[(f"{label} {i + 1}", v, None, "value") for i, v in enumerate(signals)]
+              for label, signals in values.items()]
     return render_signals(task.mesh, panels, path, value_range=value_range)
 
 
@@ -136,10 +137,12 @@ def main(argv=None):
     priors = {f"exact Gaussian (PPCA rank {args.rank})": exact_gaussian_prior(gaussian, layout)}
     priors.update({label: load_named_prior(path, args.task).eval() for label, path in named.items()})
 
+    words = sys.argv if argv is None else ["benchmarks/prior_quality.py", *argv]
     results = dict(task=args.task, data=task.data_label, count=test.shape[0], times=list(TIMES),
-                   command="python " + " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["benchmarks/prior_quality.py", *argv])),
+                   command="python " + " ".join(shlex.quote(word) for word in words),
                    priors={label: named.get(label, "exact") for label in priors}, **environment())
-    results["gaussian_nll_per_entry"] = -float(gaussian.log_prob(task.test[:args.count].reshape(test.shape[0], -1)).mean()) / gaussian.dim
+    test_rows = task.test[:args.count].reshape(test.shape[0], -1)
+    results["gaussian_nll_per_entry"] = -float(gaussian.log_prob(test_rows).mean()) / gaussian.dim
     mse, elbo, seconds = {}, {}, {}
     for label, prior in priors.items():
         start = time.perf_counter()
@@ -154,7 +157,8 @@ def main(argv=None):
 
     generator = torch.Generator().manual_seed(args.seed)
     sample_rows = {"test": layout.unpad(layout.unflatten(test[:args.samples]))[..., 0]}
-    sample_rows["Gaussian"] = gaussian.sample(args.samples, generator).reshape(args.samples, -1, layout.num_channels)[..., 0]
+    gaussian_draws = gaussian.sample(args.samples, generator).reshape(args.samples, -1, layout.num_channels)
+    sample_rows["Gaussian"] = gaussian_draws[..., 0]
     for label, prior in list(priors.items())[1:]:
         with torch.no_grad():
             x_T = torch.randn(args.samples, layout.dim, generator=generator)
@@ -172,7 +176,8 @@ def main(argv=None):
              "| prior | " + " | ".join(f"t={t}" for t in TIMES) + " |", "|---" * (len(TIMES) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(f"{r:.3f}" for r in row) + " |" for label, row in ratios.items()]
     lines += ["", f"Gaussian x̂₀ MSE: " + ", ".join(f"{m:.3g}" for m in mse[reference]), "",
-              "## Negative log-likelihood per real entry (nats)", "", "| prior | −ELBO | exact −log p |", "|---|---|---|"]
+              "## Negative log-likelihood per real entry (nats)", "",
+              "| prior | −ELBO | exact −log p |", "|---|---|---|"]
     lines += [f"| {label} | {elbo[label]:.4f} | " + (f"{results['gaussian_nll_per_entry']:.4f}" if label == reference
                                                      else "") + " |" for label in priors]
     lines += ["", f"![ratio]({Path(figures['ratio']).name}) ![samples]({Path(figures['samples']).name})", ""]

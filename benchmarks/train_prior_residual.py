@@ -51,7 +51,7 @@ def main():
                                         **args.base_config)
         print(f"PPCA rank {args.rank} fitted in {time.perf_counter() - start:.0f} s; "
               f"network config {prior.network.config}", flush=True)
-    config = prior_training_config("cpu", task.paper_task, steps=args.steps, batch_size=args.batch,
+    config = prior_training_config("cpu", task.paper_task, iterations=args.steps, batch_size=args.batch,
                                    learning_rate=args.lr, ema_decay=args.ema, checkpoint_every=args.checkpoint_every,
                                    progress=False)
 

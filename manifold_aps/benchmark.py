@@ -1,15 +1,19 @@
 """Run every method on the same measurements and write results files (JSON + markdown).
 
-Methods (rows): ``aps_n1`` (one APS sample), ``aps_n128`` (mean of 128), ``dps`` and ``mcg``
-(mean of a few diffusion posterior samples, 1000 NFE each by default), ``harmonic`` (cotan
-harmonic interpolation), ``oi`` (optimal interpolation: exact posterior under a PPCA Gaussian
-fitted to training signals, rank chosen on validation) and, where the prior is Gaussian,
-``exact``. Metrics are on the real vertices: ``psnr`` (data range 1), ``psnr_hidden`` (hidden
-vertices only), ``mse``, ``ssim`` (lat-lon grids), and for samplers with at least
-:data:`~manifold_aps.metrics.MIN_SAMPLES` (32) draws per measurement ``coverage_90`` (central 90 %
-intervals, hidden vertices) and ``crps`` (hidden vertices; left empty with fewer draws); plus
-``seconds_per_measurement``, ``nfe`` and ``n_measurements``. Timings are wall-clock on the machine
-recorded in the file.
+Methods (rows), in order: the zero-shot diffusion samplers ``dps``, ``mcg``, ``mmps``, ``pigdm``
+and ``diffpir`` (:mod:`manifold_aps.zero_shot`; the same prior as APS, ``diffusion_samples`` draws
+per measurement, each knob tuned on validation by :func:`tune`), ``oi`` (optimal interpolation:
+exact posterior under a PPCA Gaussian fitted to training signals, rank chosen on validation),
+``gmm`` (exact posterior under a mixture of PPCA, components and rank chosen on validation;
+:mod:`manifold_aps.mixture_of_ppca`), ``harmonic`` (cotan harmonic interpolation), ``aps_n1`` (one
+APS sample), ``aps_n128`` (mean of 128) and, where the prior is Gaussian, ``exact``. Metrics are on
+the real vertices: ``psnr`` (data range 1), ``psnr_hidden`` (hidden vertices only), ``mse``,
+``ssim`` (lat-lon grids), and for samplers with at least :data:`~manifold_aps.metrics.MIN_SAMPLES`
+(32) draws per measurement ``coverage_90`` (central 90 % intervals, hidden vertices) and ``crps``
+(hidden vertices; left empty with fewer draws); plus ``seconds_per_measurement``, ``nfe`` (network
+evaluations per posterior sample) and ``n_measurements``. A tuned row also carries ``tuned`` (the
+chosen knob value) and ``sweep`` (validation PSNR of every value). Timings are wall-clock on the
+machine recorded in the file.
 
 Every method is called the same way, ``method(measurement, operator, generator)``
 (:mod:`manifold_aps.methods`); :func:`run_methods` loops over a ``{name: method}`` dict.
@@ -27,13 +31,28 @@ from pathlib import Path
 import torch
 
 from manifold_aps.gaussian_posterior import fit_optimal_interpolation
-from manifold_aps.methods import aps_method, diffusion_method, gaussian_method, harmonic_method
+from manifold_aps.methods import aps_method, diffusion_method, gaussian_method, harmonic_method, mixture_method
 from manifold_aps.metrics import MIN_SAMPLES, crps, interval_coverage, mse, psnr, ssim
+from manifold_aps.mixture_of_ppca import select_mixture_of_ppca
 from manifold_aps.operators import Measurement, RandomVertexMask
 from manifold_aps.scales import SCALES, preset
+from manifold_aps.signals import VertexLayout, latlon_grid
+from manifold_aps.zero_shot import sample_diffpir, sample_dps, sample_mcg, sample_mmps, sample_pigdm
 
-__all__ = ["score", "run_methods", "standard_methods", "fit_oi", "blind_sweep", "evaluate_sampler", "environment",
-           "write_results"]
+__all__ = ["BUDGETS", "score", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
+           "blind_sweep", "evaluate_sampler", "environment", "write_results"]
+
+#: per scale: test measurements, zero-shot steps and draws per test measurement (≥ 32 for
+#: coverage/CRPS), validation measurements and draws for :func:`tune`, the mixture-of-PPCA grid
+#: and its training-signal cap. ``cpu``: both tasks' scripts fit in about an hour on one thread.
+BUDGETS = {
+    "smoke": dict(n_measurements=4, diffusion_steps=20, diffusion_samples=32, tune_measurements=2, tune_samples=2,
+                  gmm_components=(2,), gmm_ranks=(8,), gmm_train=256),
+    "cpu": dict(n_measurements=16, diffusion_steps=200, diffusion_samples=32, tune_measurements=6, tune_samples=2,
+                gmm_components=(2, 4, 8), gmm_ranks=(16, 32, 64), gmm_train=4000),
+    "paper": dict(n_measurements=128, diffusion_steps=1000, diffusion_samples=32, tune_measurements=16,
+                  tune_samples=4, gmm_components=(2, 4, 8), gmm_ranks=(16, 32, 64), gmm_train=None),
+}
 
 
 def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, grid_shape=None, samples=None) -> dict:
@@ -70,29 +89,74 @@ def run_methods(methods: dict, truth: torch.Tensor, measurement: Measurement, op
                    seconds_per_measurement=seconds / count, nfe=estimate.nfe, n_measurements=count, **estimate.info)
         rows.append(row)
         log(f"{name:>9}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                                      if k != "method" and not isinstance(v, dict)))
+                                      if k != "method" and not isinstance(v, (dict, list))))
     return rows
 
 
-def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=None, exact=None,
-                     diffusion_samples: int = 4, diffusion_steps: int = 1000, step_size: float = 1.0) -> dict:
-    """The benchmark's rows for the method ``names`` (``aps``, ``dps``, ``mcg``, ``harmonic``, ``oi``)
-    that can be built from what is given: ``aps`` gives ``aps_n1`` and ``aps_n128``; ``oi`` is
-    :func:`fit_oi`'s result; ``exact`` a Gaussian whose posterior is the truth (adds ``exact``)."""
-    from manifold_aps.zero_shot import sample_dps, sample_mcg
+#: the zero-shot samplers of the benchmark and the knob :func:`tune` sets: ``{name: (sampler, knob)}``
+ZERO_SHOT = {"dps": (sample_dps, "step_size"), "mcg": (sample_mcg, "step_size"), "mmps": (sample_mmps, "cg_steps"),
+             "pigdm": (sample_pigdm, "prior_variance"), "diffpir": (sample_diffpir, "regularization")}
 
-    methods = {}
-    if "aps" in names and aps_model is not None:
-        methods.update(aps_n1=aps_method(aps_model, 1), aps_n128=aps_method(aps_model, 128))
-    for name, sampler in (("dps", sample_dps), ("mcg", sample_mcg)):
+
+def knob_values(train_signals: torch.Tensor) -> dict:
+    """The values :func:`tune` tries per zero-shot sampler, ``{name: values}``: the usual grids with
+    one more value above (a smoke run chose the top of each). ΠGDM's ``prior_variance`` is a multiple
+    (0.03, 0.1, 0.3, 1, 3) of the per-entry variance of ``train_signals`` ``(N, V, C)``, or the
+    paper's 1 (unit-variance data)."""
+    variance = float(train_signals.double().var(dim=0).mean())
+    return {"dps": (0.1, 0.25, 0.5, 1.0, 2.0, 5.0), "mcg": (0.1, 0.25, 0.5, 1.0, 2.0, 5.0), "mmps": (1, 2, 3, 5),
+            "pigdm": tuple(f * variance for f in (0.03, 0.1, 0.3, 1.0, 3.0)) + (1.0,), "diffpir": (0.01, 0.1, 1.0, 10.0, 100.0)}
+
+
+def tune(candidates: dict, truth: torch.Tensor, measurement: Measurement, operator, seed: int = 0,
+         log=print) -> dict:
+    """Pick each method's knob on validation: ``candidates`` ``{name: (knob, values, build)}`` with
+    ``build(value) -> method``; every value's method is run on ``measurement`` of the unpadded
+    validation ``truth`` ``(N, V, C)`` (one generator seeded by ``seed`` per run) and the value with
+    the best PSNR of the mean wins (a diverged, NaN run never does). Returns ``{name: dict(knob, value, sweep)}``, ``sweep`` a row per
+    value with ``psnr`` and ``seconds``."""
+    hidden = ~measurement.observed[:, :truth.shape[1]]
+    chosen = {}
+    for name, (knob, values, build) in candidates.items():
+        sweep = []
+        for value in values:
+            started = time.perf_counter()
+            estimate = build(value)(measurement, operator, torch.Generator().manual_seed(seed))
+            sweep.append({knob: value, "psnr": score(estimate.mean, truth, hidden)["psnr"],
+                          "seconds": time.perf_counter() - started})
+            log(f"tune {name}: {knob} {value:.4g} → validation PSNR {sweep[-1]['psnr']:.2f}")
+        best = max(sweep, key=lambda row: row["psnr"] if row["psnr"] == row["psnr"] else -float("inf"))  # NaN loses
+        chosen[name] = dict(knob=knob, value=best[knob], sweep=sweep)
+    return chosen
+
+
+def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=None, exact=None,
+                     diffusion_samples: int = 32, diffusion_steps: int = 1000, tuning: dict | None = None,
+                     gmm=None) -> dict:
+    """The benchmark's rows for the method ``names`` (``dps``, ``mcg``, ``mmps``, ``pigdm``,
+    ``diffpir``, ``oi``, ``gmm``, ``harmonic``, ``aps``) that can be built from what is given, in
+    that order: ``aps`` gives ``aps_n1`` and ``aps_n128``; ``tuning`` is :func:`tune`'s result
+    (a sampler not in it keeps its default knob);
+    ``oi`` is :func:`fit_oi`'s result, ``gmm`` :func:`fit_gmm`'s; ``exact`` a Gaussian whose
+    posterior is the truth (adds ``exact``)."""
+    methods, tuning = {}, tuning or {}
+    for name, (sampler, knob) in ZERO_SHOT.items():
         if name in names and prior is not None:
-            methods[name] = diffusion_method(sampler, prior, diffusion_samples, diffusion_steps, step_size=step_size)
-    if "harmonic" in names and mesh is not None:
-        methods["harmonic"] = harmonic_method(mesh, layout)
+            knobs = {knob: tuning[name]["value"]} if name in tuning else {}
+            info = dict(tuned=tuning[name]["value"], sweep=tuning[name]["sweep"]) if name in tuning else None
+            methods[name] = diffusion_method(sampler, prior, diffusion_samples, diffusion_steps, info, **knobs)
     if "oi" in names and oi is not None:
         gaussian, scores, fit_seconds = oi
-        methods["oi"] = gaussian_method(gaussian, layout, info=dict(rank=gaussian.rank, rank_scores=scores,
-                                                                     fit_seconds=fit_seconds))
+        methods["oi"] = gaussian_method(gaussian, layout, info=dict(tuned=dict(rank=gaussian.rank), rank=gaussian.rank,
+                                                                     rank_scores=scores, fit_seconds=fit_seconds))
+    if "gmm" in names and gmm is not None:
+        field, table, fit_seconds = gmm
+        chosen = dict(components=field.num_components, rank=field.components[0].rank)
+        methods["gmm"] = mixture_method(field, layout, info=dict(tuned=chosen, sweep=table, fit_seconds=fit_seconds))
+    if "harmonic" in names and mesh is not None:
+        methods["harmonic"] = harmonic_method(mesh, layout)
+    if "aps" in names and aps_model is not None:
+        methods.update(aps_n1=aps_method(aps_model, 1), aps_n128=aps_method(aps_model, 128))
     if exact is not None:
         methods["exact"] = gaussian_method(exact, layout)
     return methods
@@ -106,6 +170,18 @@ def fit_oi(layout, train_signals: torch.Tensor, validation_signals: torch.Tensor
     started = time.perf_counter()
     gaussian, scores = fit_optimal_interpolation(train_signals, validation_signals, validation, operator.noise_std)
     return gaussian, scores, time.perf_counter() - started
+
+
+def fit_gmm(layout, train_signals: torch.Tensor, validation_signals: torch.Tensor, operator, seed: int,
+            components=(2, 4, 8), ranks=(16, 32, 64), log=print):
+    """A mixture of PPCA fitted to ``train_signals`` ``(N, V, C)``, components and rank chosen on the
+    ``validation_signals`` measured by ``operator`` (seed ``seed``, the measurements :func:`fit_oi`
+    uses): ``(GaussianMixtureField, sweep table, fit seconds)``."""
+    validation = operator(layout.pad(validation_signals), generator=torch.Generator().manual_seed(seed))
+    started = time.perf_counter()
+    field, table = select_mixture_of_ppca(train_signals, validation_signals, validation, operator.noise_std,
+                                          components, ranks, log=log, seed=seed)
+    return field, table, time.perf_counter() - started
 
 
 def blind_sweep(layout, truth, blind_model, known_model, operator, oi, rates=(0.3, 0.4, 0.5, 0.6), seed: int = 0,
@@ -164,14 +240,21 @@ def environment(device: str = "cpu") -> dict:
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), commit=commit)
 
 
+def _cell(value) -> str:
+    """A markdown table cell: 4 significant digits, ``k=v`` pairs for a dict."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def write_results(results: dict, stem) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and a markdown table ``<stem>.md``."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    columns = ["method", "hidden_fraction", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps", "seconds_per_measurement", "nfe",
-               "n_measurements"]
+    columns = ["method", "hidden_fraction", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps",
+               "seconds_per_measurement", "nfe", "n_measurements", "tuned"]
     lines = [f"# {results['task']} ({results['scale']} scale)", "",
              f"- data: {results['data']}", f"- command: `{results.get('command', '')}`",
              f"- machine: {results['machine']}; device {results['device']}; threads {results['threads']}",
@@ -180,8 +263,14 @@ def write_results(results: dict, stem) -> tuple[Path, Path]:
         present = [c for c in columns if any(c in row for row in rows)]
         lines += [f"## {section}", "", "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
         for row in rows:
-            cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in present]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in present) + " |")
+        lines.append("")
+    sweeps = [row for row in results["sections"].get("test", []) if isinstance(row.get("sweep"), list)]
+    if sweeps:
+        lines += ["## validation sweeps (the chosen value is in the `tuned` column)", ""]
+        for row in sweeps:
+            lines.append(f"- {row['method']}: " + "; ".join(
+                ", ".join(f"{k} {_cell(v)}" for k, v in entry.items()) for entry in row["sweep"]))
         lines.append("")
     for note in results.get("notes", []):
         lines.append(f"- {note}")
@@ -196,11 +285,15 @@ def add_arguments(parser) -> None:
                         help="load <task>_prior_<scale>.pt and <task>_aps_<scale>.pt from DIR instead of training; "
                              "'pretrained' loads the models shipped in manifold_aps.pretrained")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="where trained models are written")
-    parser.add_argument("--n-measurements", type=int, default=None, help="test measurements (default by scale)")
-    parser.add_argument("--diffusion-steps", type=int, default=None, help="DPS/MCG steps (default 1000; smoke 50)")
-    parser.add_argument("--diffusion-samples", type=int, default=4)
-    parser.add_argument("--step-size", type=float, default=1.0, help="DPS/MCG guidance scale")
-    parser.add_argument("--methods", default="aps,dps,mcg,harmonic,oi,blind",
+    parser.add_argument("--n-measurements", type=int, default=None, help="test measurements (default: BUDGETS)")
+    parser.add_argument("--diffusion-steps", type=int, default=None, help="zero-shot sampler steps (default: BUDGETS)")
+    parser.add_argument("--diffusion-samples", type=int, default=None,
+                        help="zero-shot draws per test measurement (default: BUDGETS; ≥ 32 for coverage/CRPS)")
+    parser.add_argument("--tune-measurements", type=int, default=None,
+                        help="validation measurements for tuning the zero-shot knobs (default: BUDGETS)")
+    parser.add_argument("--tune-samples", type=int, default=None,
+                        help="zero-shot draws per validation measurement when tuning (default: BUDGETS)")
+    parser.add_argument("--methods", default="dps,mcg,mmps,pigdm,diffpir,oi,gmm,harmonic,aps,blind",
                         help="comma-separated; 'blind' runs the blind sweep when --from-checkpoint DIR holds "
                              "<task>_blind_aps_<scale>.pt")
     parser.add_argument("--threads", type=int, default=2)
@@ -225,7 +318,7 @@ def train_or_load(task, args, network: str = "mlp", network_config: dict | None 
         model = AmortizedPosteriorSampler.load(folder / f"{task.name}_aps_{args.scale}.pt")
         return prior, model, model.report.get("train_seconds")
     folder = Path(args.checkpoint_dir)
-    layout = VertexLayout(task.mesh.num_vertices, task.train.shape[-1])
+    layout = VertexLayout(task.mesh.num_vertices, task.train.shape[-1], grid=latlon_grid(task.mesh))
     train = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
     started = time.perf_counter()
     prior = DiffusionPrior(build_network(network, layout, mesh=task.mesh, **(network_config or {})), layout)
@@ -254,32 +347,73 @@ def _blind_model(task, args):
     return AmortizedPosteriorSampler.load(path) if args.from_checkpoint and path.exists() else None
 
 
+def _budget(args) -> dict:
+    """:data:`BUDGETS` of ``args.scale``, overridden by the command line."""
+    budget = dict(BUDGETS[args.scale])
+    for key in ("n_measurements", "diffusion_steps", "diffusion_samples", "tune_measurements", "tune_samples"):
+        if getattr(args, key, None) is not None:
+            budget[key] = getattr(args, key)
+    return budget
+
+
+def _speed(rows: dict, train_seconds, samples: int) -> tuple[dict, dict, list[str]]:
+    """Seconds per posterior sample (APS in batches of 128, each zero-shot sampler) and the
+    amortisation break-even ``train_seconds / (baseline − APS)`` per sample, with notes."""
+    per_sample = {"aps": rows["aps_n128"]["seconds_per_measurement"] / 128}
+    per_sample.update({name: rows[name]["seconds_per_measurement"] / samples for name in ZERO_SHOT if name in rows})
+    break_even, notes = {}, []
+    for name, seconds in per_sample.items():
+        if name == "aps" or not train_seconds:
+            continue
+        gain = seconds - per_sample["aps"]
+        break_even[name] = train_seconds / gain if gain > 0 else None
+        notes.append(f"amortisation vs {name} (tuned): APS training {train_seconds:.0f} s ÷ ({name} {seconds:.3g} s − "
+                     f"APS {per_sample['aps']:.3g} s per posterior sample) = {break_even[name]:.0f} samples" if gain > 0
+                     else f"no break-even vs {name}: its sample ({seconds:.3g} s) is not slower than APS's here")
+    return per_sample, break_even, notes
+
+
 def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, model=None, train_seconds=None,
                   log=print, extra: dict | None = None) -> dict:
     """Measure the task's test split (and its extra test sets) and score every method; write results.
 
-    A ``model`` passed in (with its ``prior`` and ``train_seconds``) is used as is instead of
-    ``train_or_load``; ``extra`` holds further top-level entries for the results file (its
+    The zero-shot samplers' knobs are tuned on measurements of validation signals (:func:`tune`),
+    never on test. A ``model`` passed in (with its ``prior`` and ``train_seconds``) is used as is
+    instead of ``train_or_load``; ``extra`` holds further top-level entries for the results file (its
     ``notes`` list, if any, starts the file's notes).
     """
     torch.set_num_threads(args.threads)
-    defaults = preset(args.scale, "benchmark")
+    defaults, budget = preset(args.scale, "benchmark"), _budget(args)
     if model is None:
         prior, model, train_seconds = train_or_load(task, args, log=log)
     layout, operator = model.layout, task.operator
     if operator.padded_vertices != layout.padded_vertices:
         raise ValueError(f"the model pads to {layout.padded_vertices} vertices, the task's operator to "
                          f"{operator.padded_vertices}")
-    count = args.n_measurements or defaults["n_measurements"]
-    steps = args.diffusion_steps or defaults["diffusion_steps"]
+    count, steps, samples = budget["n_measurements"], budget["diffusion_steps"], budget["diffusion_samples"]
     names = tuple(args.methods.split(","))
-    train_for_oi = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
+    train = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
     sections = {}
     blind_model = _blind_model(task, args) if "blind" in names else None
-    oi = (fit_oi(layout, train_for_oi, task.validation[:64], operator, args.seed + 1)
+    oi = (fit_oi(layout, train, task.validation[:64], operator, args.seed + 1)
           if "oi" in names or blind_model is not None else None)
-    methods = standard_methods(names, layout, task.mesh, prior, model, oi, exact, args.diffusion_samples, steps,
-                               args.step_size)
+    gmm = (fit_gmm(layout, train[: budget["gmm_train"]], task.validation[:64], operator, args.seed + 1,
+                   budget["gmm_components"], budget["gmm_ranks"], log) if "gmm" in names else None)
+    tuning = {}
+    tunable = [name for name in ZERO_SHOT if name in names and prior is not None]
+    if tunable:
+        validation = task.validation[: budget["tune_measurements"]]
+        log(f"--- tuning {', '.join(tunable)} on {len(validation)} validation measurements × "
+            f"{budget['tune_samples']} draws, {steps} steps")
+        measured = operator(layout.pad(validation), generator=torch.Generator().manual_seed(args.seed + 2))
+        values = knob_values(train)
+
+        def builder(sampler, knob):
+            return lambda value: diffusion_method(sampler, prior, budget["tune_samples"], steps, **{knob: value})
+
+        candidates = {name: (ZERO_SHOT[name][1], values[name], builder(*ZERO_SHOT[name])) for name in tunable}
+        tuning = tune(candidates, validation, measured, operator, args.seed, log)
+    methods = standard_methods(names, layout, task.mesh, prior, model, oi, exact, samples, steps, tuning, gmm)
     test_sets = {"test": task.test[:count], **{name: signals[:count] for name, signals in task.extra_test.items()}}
     for name, truth in test_sets.items():
         log(f"--- {name}: {len(truth)} measurements, {100 * operator.hidden_fraction:.0f}% hidden, "
@@ -291,20 +425,19 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
                                               seed=args.seed, grid_shape=grid_shape, log=log)
     results = dict(task=task.name, scale=args.scale, data=task.data_label, **environment(),
                    train_seconds=train_seconds, command="python " + " ".join(argv),
-                   hidden_fraction=operator.hidden_fraction, noise_std=operator.noise_std, sections=sections,
-                   rows=sections["test"], notes=[])
+                   hidden_fraction=operator.hidden_fraction, noise_std=operator.noise_std,
+                   budget={key: list(value) if isinstance(value, tuple) else value for key, value in budget.items()},
+                   sections=sections, rows=sections["test"], notes=[])
     results.update(extra or {})
+    results["notes"].append(
+        f"budget: {count} test measurements per test set; every zero-shot sampler {steps} steps × {samples} draws per "
+        f"measurement (≥ {MIN_SAMPLES} so that coverage/CRPS are scored), its knob tuned on {budget['tune_measurements']} "
+        f"validation measurements × {budget['tune_samples']} draws; mixture of PPCA on ≤ {budget['gmm_train']} "
+        f"training signals, K ∈ {list(budget['gmm_components'])}, rank ∈ {list(budget['gmm_ranks'])}")
     rows = {row["method"]: row for row in sections["test"]}
-    if train_seconds and "aps_n1" in rows and "dps" in rows:
-        # per posterior sample: one APS draw vs one DPS draw (DPS ran diffusion_samples draws per measurement)
-        aps_sample = rows["aps_n1"]["seconds_per_measurement"]
-        dps_sample = rows["dps"]["seconds_per_measurement"] / args.diffusion_samples
-        gain = dps_sample - aps_sample
-        results["seconds_per_sample"] = {"aps": aps_sample, "dps": dps_sample}
-        results["break_even_samples"] = train_seconds / gain if gain > 0 else None
-        results["notes"].append(
-            f"amortisation break-even: APS training {train_seconds:.0f} s ÷ (DPS {dps_sample:.3g} s − APS {aps_sample:.3g} s per "
-            f"posterior sample) = {results['break_even_samples']:.0f} samples" if gain > 0 else
-            f"no break-even: a DPS sample ({dps_sample:.3g} s) is not slower than an APS sample ({aps_sample:.3g} s) here")
+    if "aps_n128" in rows:
+        per_sample, break_even, notes = _speed(rows, train_seconds, samples)
+        results.update(seconds_per_sample=per_sample, break_even_samples=break_even)
+        results["notes"] += notes
     write_results(results, Path(args.results_dir) / f"{task.name}_{args.scale}")
     return results

@@ -2,7 +2,8 @@
 
 deepinv's contract (``solver(y, physics)``): the operator holds the measurement facts (σ_y, the
 mask rule) and each method — APS, the zero-shot diffusion samplers (DPS, MCG, ...), optimal
-interpolation (or any exact Gaussian posterior) and harmonic interpolation — is built once with
+interpolation (or any exact Gaussian posterior), the exact posterior under a Gaussian mixture (a
+fitted mixture of PPCA) and harmonic interpolation — is built once with
 what it needs (a trained model, a prior, a fitted Gaussian, a mesh) and then called the same way.
 Benchmarks and tests loop over a ``{name: method}`` dict.
 
@@ -23,7 +24,8 @@ import torch
 from manifold_aps.baselines import harmonic_interpolation
 from manifold_aps.operators import Measurement, RandomVertexMask
 
-__all__ = ["Estimate", "PosteriorMethod", "aps_method", "diffusion_method", "gaussian_method", "harmonic_method"]
+__all__ = ["Estimate", "PosteriorMethod", "aps_method", "diffusion_method", "gaussian_method", "mixture_method",
+           "harmonic_method"]
 
 
 @dataclass
@@ -55,10 +57,11 @@ def aps_method(model, samples: int = 128) -> PosteriorMethod:
     return method
 
 
-def diffusion_method(sampler: Callable, prior, samples: int = 4, diffusion_steps: int = 1000,
+def diffusion_method(sampler: Callable, prior, samples: int = 4, diffusion_steps: int = 1000, info: dict | None = None,
                      **knobs) -> PosteriorMethod:
-    """A zero-shot diffusion posterior sampler of :mod:`manifold_aps.baselines` (DPS, MCG, ...)
-    with its ``knobs`` (e.g. ``step_size``): ``samples`` independent draws per measurement."""
+    """A zero-shot diffusion posterior sampler of :mod:`manifold_aps.zero_shot` (DPS, MCG, MMPS, ...)
+    with its ``knobs`` (e.g. ``step_size``): ``samples`` independent draws per measurement; the
+    estimate's ``info`` holds the knobs and ``info``."""
 
     def method(measurement, operator, generator=None):
         layout = prior.layout
@@ -66,7 +69,7 @@ def diffusion_method(sampler: Callable, prior, samples: int = 4, diffusion_steps
         repeated = Measurement(measurement.y.repeat(samples, 1, 1), measurement.observed.repeat(samples, 1))
         result = sampler(prior, repeated, operator, diffusion_steps=diffusion_steps, generator=generator, **knobs)
         draws = layout.unpad(result.sample).reshape(samples, count, layout.num_vertices, layout.num_channels)
-        return Estimate(draws.mean(dim=0), draws, result.nfe, dict(knobs))
+        return Estimate(draws.mean(dim=0), draws, result.nfe, dict(knobs, **(info or {})))
 
     return method
 
@@ -81,6 +84,24 @@ def gaussian_method(gaussian, layout, samples: int = 128, info: dict | None = No
         posterior = gaussian.posterior(*measurement.to("cpu").real_entries(V), operator.noise_std)
         noise = torch.randn(samples, *posterior.mean.shape, generator=generator, dtype=torch.float64)
         draws = (posterior.mean + posterior.std * noise).reshape(samples, count, V, C).float()
+        return Estimate(posterior.mean.reshape(count, V, C).float(), draws, 0, dict(info or {}))
+
+    return method
+
+
+def mixture_method(field, layout, samples: int = 128, info: dict | None = None) -> PosteriorMethod:
+    """The exact posterior under a :class:`~manifold_aps.data.gaussian_mixture.GaussianMixtureField`
+    prior (e.g. :func:`~manifold_aps.mixture_of_ppca.fit_mixture_of_ppca`'s):
+
+        p(x | y) = Σ_k r_k(y) N(x; m_k, C_k)
+
+    its mean ``Σ_k r_k m_k``, and ``samples`` correlated draws (a component ``k ~ r(y)``, then its
+    Gaussian posterior)."""
+
+    def method(measurement, operator, generator=None):
+        count, V, C = len(measurement), layout.num_vertices, layout.num_channels
+        posterior = field.posterior(*measurement.to("cpu").real_entries(V), operator.noise_std)
+        draws = posterior.sample(samples, generator).reshape(samples, count, V, C).float()
         return Estimate(posterior.mean.reshape(count, V, C).float(), draws, 0, dict(info or {}))
 
     return method

@@ -136,10 +136,12 @@ def test_fit_smoke_samples_reports_saves_and_loads(kind, tmp_path):
     assert loaded.report == model.report
 
 
-def test_fit_blind_conditions_on_y_alone(tmp_path):
+def test_fit_blind_conditions_on_y_alone_and_reads_the_mask_off_it(tmp_path):
     model = fit(MESH, grf_signals(32).numpy(), noise_std=0.05, blind=True, hidden_range=(0.3, 0.6),
                 prior=exact_prior(gaussian_field()), scale="smoke", progress=False, iterations=20)
-    assert model.blind and model.condition(aps.Measurement(torch.zeros(2, 96, 1), torch.ones(2, 96, dtype=torch.bool))).shape == (2, 84, 1)
+    # the measurement's own mask says "all observed"; a blind sampler ignores it and reads y = 0 as hidden
+    condition = model.condition(aps.Measurement(torch.zeros(2, 96, 1), torch.ones(2, 96, dtype=torch.bool)))
+    assert model.blind and condition.shape == (2, 84, 2) and not condition[..., 1].any()
     observed = grf_signals(1, seed=3)[0].numpy()
     observed[:40] = np.nan
     assert np.isfinite(model.sample(observed, n=2)).all()

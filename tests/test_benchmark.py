@@ -5,9 +5,11 @@ import torch
 
 import manifold_aps as aps
 from manifold_aps.aps import fit
-from manifold_aps.benchmark import blind_sweep, environment, fit_oi, run_methods, standard_methods, write_results
+from manifold_aps.benchmark import (blind_sweep, environment, fit_gmm, fit_oi, run_methods, standard_methods, tune,
+                                    write_results)
 from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.diffusion import exact_gaussian_prior
+from manifold_aps.methods import Estimate
 
 MESH = aps.healpix_sphere(2)
 FIELD = GaussianRandomField(MESH, length_scale=0.5, variance=0.01, mean=0.5, num_modes=24, nugget=0.05)
@@ -23,12 +25,15 @@ def setting():
     model = fit(MESH, train[..., 0], mask_rate=0.5, noise_std=0.05, prior=PRIOR, scale="smoke", iterations=30,
                 progress=False)
     oi = fit_oi(LAYOUT, train, validation, OPERATOR, seed=2)
-    methods = standard_methods(("aps", "dps", "mcg", "harmonic", "oi"), LAYOUT, MESH, PRIOR, model, oi, FIELD,
-                               diffusion_samples=2, diffusion_steps=20)
+    gmm = fit_gmm(LAYOUT, train, validation, OPERATOR, seed=2, components=(1, 2), ranks=(8,), log=lambda line: None)
+    tuning = {"dps": dict(knob="step_size", value=0.5, sweep=[{"step_size": 0.5, "psnr": 20.0, "seconds": 1.0}])}
+    methods = standard_methods(("aps", "dps", "mcg", "mmps", "pigdm", "diffpir", "harmonic", "oi", "gmm"), LAYOUT,
+                               MESH, PRIOR, model, oi, FIELD, diffusion_samples=2, diffusion_steps=20, tuning=tuning,
+                               gmm=gmm)
     return train, test, model, oi, methods
 
 
-NAMES = ["aps_n1", "aps_n128", "dps", "mcg", "harmonic", "oi", "exact"]
+NAMES = ["dps", "mcg", "mmps", "pigdm", "diffpir", "oi", "gmm", "harmonic", "aps_n1", "aps_n128", "exact"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -50,9 +55,12 @@ def test_every_method_is_scored_on_the_same_measurements(setting, tmp_path):
     measurement = OPERATOR(LAYOUT.pad(test), generator=torch.Generator().manual_seed(1))
     rows = run_methods(methods, test, measurement, OPERATOR, log=lambda line: None)
     by_method = {row["method"]: row for row in rows}
-    assert set(by_method) == set(NAMES)
-    assert by_method["dps"]["nfe"] == 20 and by_method["aps_n128"]["nfe"] == 1
-    for name in ("aps_n128", "oi", "exact"):
+    assert [row["method"] for row in rows] == NAMES
+    assert by_method["dps"]["nfe"] == 20 and by_method["mmps"]["nfe"] == 20 * 4 and by_method["aps_n128"]["nfe"] == 1
+    # the tuned knob reaches the sampler and the row; untuned samplers keep their defaults
+    assert by_method["dps"]["step_size"] == 0.5 and by_method["dps"]["tuned"] == 0.5
+    assert "tuned" not in by_method["mcg"] and by_method["gmm"]["tuned"]["rank"] == 8
+    for name in ("aps_n128", "oi", "gmm", "exact"):
         assert 0.0 <= by_method[name]["coverage_90"] <= 1.0 and by_method[name]["crps"] > 0
     # two DPS draws per measurement are too few for calibration scores: the cells stay empty
     assert "coverage_90" not in by_method["dps"] and "crps" not in by_method["dps"]
@@ -63,8 +71,9 @@ def test_every_method_is_scored_on_the_same_measurements(setting, tmp_path):
     results = dict(task="toy", scale="smoke", data="GRF", **environment(), train_seconds=1.0, command="pytest",
                    sections={"test": rows}, rows=rows)
     json_path, md_path = write_results(results, tmp_path / "toy_smoke")
-    assert json.loads(json_path.read_text())["rows"][0]["method"] == "aps_n1"
-    assert "| exact |" in md_path.read_text()
+    assert json.loads(json_path.read_text())["rows"][0]["method"] == "dps"
+    markdown = md_path.read_text()
+    assert "| exact |" in markdown and "- dps: step_size 0.5, psnr 20" in markdown
 
 
 def test_blind_sweep_scores_blind_and_known_samplers_at_each_rate(setting):
@@ -75,3 +84,21 @@ def test_blind_sweep_scores_blind_and_known_samplers_at_each_rate(setting):
     assert methods == {(m, r) for m in ("aps_blind_n1", "aps_blind_n128", "aps_n1", "aps_n128", "oi") for r in (0.3, 0.6)}
     # the blind rows are scored on measurements that hide the stated fraction
     assert all(0 < row["psnr"] < 80 for row in rows)
+
+
+def test_tune_picks_the_knob_with_the_best_validation_psnr_and_keeps_the_sweep():
+    truth = FIELD.sample(4, torch.Generator().manual_seed(5)).float()[..., None]
+    measurement = OPERATOR(LAYOUT.pad(truth), generator=torch.Generator().manual_seed(6))
+    built = []
+
+    def build(offset):
+        """A method whose mean is the truth shifted by ``offset`` (NaN: a diverged sampler)."""
+        built.append(offset)
+        return lambda measurement, operator, generator: Estimate(truth + offset, None, 1)
+
+    chosen = tune({"toy": ("offset", (0.3, 0.01, float("nan"), -0.1), build)}, truth, measurement, OPERATOR,
+                  log=lambda line: None)
+    assert built == [0.3, 0.01, pytest.approx(float("nan"), nan_ok=True), -0.1]
+    assert chosen["toy"]["knob"] == "offset" and chosen["toy"]["value"] == 0.01
+    psnrs = [row["psnr"] for row in chosen["toy"]["sweep"]]
+    assert psnrs[1] > psnrs[3] > psnrs[0]

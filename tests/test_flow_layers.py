@@ -1,31 +1,33 @@
 """Every flow layer through the same call ``layer(z, c) → (x, log_det)``: inverse round trip, log-det
 against the autograd Jacobian, identity at initialisation, save/load; the Chebyshev convolution
-against ``torch_geometric.nn.ChebConv``."""
+against ``torch_geometric.nn.ChebConv``; the condition encoders; recomputed activations."""
 
 import pytest
 import torch
 from torch_geometric.nn import ChebConv
 
 from manifold_aps import latlon_sphere
-from manifold_aps.flows import (ActNorm, AffineCoupling, ChebyshevConv, GraphConditioner, MLPConditioner, Permutation,
-                                scaled_laplacian)
+from manifold_aps.flows import (ActNorm, AffineCoupling, ChebyshevConv, GraphConditioner, MeshConditionEncoder,
+                                MLPConditioner, Permutation, scaled_laplacian)
 
 MESH = latlon_sphere(60.0)  # 18 vertices: small enough for dense Jacobians
 V = MESH.num_vertices
 ACTIVE_VERTICES = torch.arange(V) % 3 == 0
 
 
-def graph_coupling(channels: int, order: int):
-    conditioner = GraphConditioner(MESH.edge_index, V, channels, 2, ACTIVE_VERTICES, hidden=8, layers=2, order=order)
+def graph_coupling(channels: int, order: int, recompute: bool = False):
+    conditioner = GraphConditioner(MESH.edge_index, V, channels, 2, ACTIVE_VERTICES, hidden=8, layers=2, order=order,
+                                   recompute=recompute)
     return AffineCoupling(ACTIVE_VERTICES.repeat_interleave(channels), conditioner, scale_bound=1.5), V * channels, (V, 2)
 
 
-def mlp_coupling(cond_dim: int, aligned_features: int = 0):
+def mlp_coupling(cond_dim: int, aligned_features: int = 0, encoded_features: int = 0):
     mask = torch.arange(V) % 2 == 1  # not contiguous: the coupling reads and writes by mask
     coordinates = torch.randperm(V, generator=torch.Generator().manual_seed(0))[mask] if aligned_features else None
     conditioner = MLPConditioner(V - int(mask.sum()), int(mask.sum()), cond_dim, hidden=16, layers=2,
-                                 aligned_features=aligned_features, active_coordinates=coordinates)
-    return AffineCoupling(mask, conditioner), V, (cond_dim,) if cond_dim else None
+                                 aligned_features=aligned_features, active_coordinates=coordinates,
+                                 encoded_features=encoded_features)
+    return AffineCoupling(mask, conditioner), V, (encoded_features + cond_dim,) if cond_dim else None
 
 
 LAYERS = {  # name: () → (layer, d, condition shape per sample or None)
@@ -34,9 +36,12 @@ LAYERS = {  # name: () → (layer, d, condition shape per sample or None)
     "coupling_mlp": lambda: mlp_coupling(cond_dim=3),
     "coupling_mlp_unconditional": lambda: mlp_coupling(cond_dim=0),
     "coupling_mlp_aligned": lambda: mlp_coupling(cond_dim=2 * V, aligned_features=2),
+    # condition [e, c]: 5 shared encoder features, then the raw aligned condition
+    "coupling_mlp_encoded": lambda: mlp_coupling(cond_dim=2 * V, aligned_features=2, encoded_features=5),
     "coupling_graph": lambda: graph_coupling(channels=1, order=3),
     "coupling_graph_order1": lambda: graph_coupling(channels=1, order=1),
     "coupling_graph_two_channels": lambda: graph_coupling(channels=2, order=2),
+    "coupling_graph_recompute": lambda: graph_coupling(channels=1, order=3, recompute=True),
 }
 
 
@@ -105,7 +110,7 @@ def test_save_load_round_trip(name, tmp_path):
     torch.testing.assert_close(rebuilt(z, c), layer(z, c), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["coupling_mlp_aligned", "coupling_graph_two_channels"])
+@pytest.mark.parametrize("name", ["coupling_mlp_aligned", "coupling_mlp_encoded", "coupling_graph_two_channels"])
 def test_coupling_is_affine_in_the_active_entries_given_the_passive_ones(name):
     layer, dim, condition_shape = make(name)
     z, c = inputs(dim, condition_shape, 2)
@@ -153,3 +158,62 @@ def test_chebyshev_conv_initialises_as_torch_geometric():
 def test_chebyshev_conv_rejects_order_zero():
     with pytest.raises(ValueError, match="order must be ≥ 1"):
         ChebyshevConv(3, 3, order=0)
+
+
+def test_encoded_mlp_conditioner_reads_the_shared_features_and_skips_from_the_raw_condition():
+    layer, dim, condition_shape = make("coupling_mlp_encoded")
+    conditioner = layer.conditioner
+    assert conditioner.net[0].in_features == V - len(layer.active) + 5  # |P| + m, whatever cond_dim is
+    z, c = inputs(dim, condition_shape, 2)
+    raw = c.clone()
+    raw[:, 5:] += 1.0  # the raw condition reaches the output through the skip only: the shift moves
+    scale, shift = conditioner(z[:, layer.passive], c)
+    scale_moved, shift_moved = conditioner(z[:, layer.passive], raw)
+    assert torch.equal(scale_moved, scale)
+    torch.testing.assert_close(shift_moved - shift, conditioner.skip.sum(dim=1).expand(2, -1), atol=1e-12, rtol=0)
+
+
+def test_recomputed_activations_give_the_same_gradients():
+    torch.manual_seed(0)
+    layer, dim, condition_shape = make("coupling_graph_recompute")
+    kept = AffineCoupling(ACTIVE_VERTICES, GraphConditioner(MESH.edge_index, V, 1, 2, ACTIVE_VERTICES, hidden=8,
+                                                            layers=2, order=3), scale_bound=1.5).double()
+    kept.load_state_dict(layer.state_dict())
+    z, c = inputs(dim, condition_shape, 3)
+    gradients = []
+    for coupling in (layer, kept):
+        x, log_det = coupling(z, c)
+        (x.square().sum() - log_det.sum()).backward()
+        gradients.append([parameter.grad for parameter in coupling.parameters()])
+    for recomputed, stored in zip(*gradients):
+        torch.testing.assert_close(recomputed, stored, atol=1e-12, rtol=0)
+    assert max(float(grad.abs().max()) for grad in gradients[0]) > 1e-3
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_chebyshev_conv_vertex_major_layout_is_the_same_convolution(order):
+    torch.manual_seed(order)
+    conv = ChebyshevConv(5, 7, order).double()
+    features = torch.randn(3, V, 5, dtype=torch.float64)
+    index, weight = scaled_laplacian(MESH.edge_index, V, torch.float64)
+    laplacian = torch.sparse_coo_tensor(index, weight, (V, V), check_invariants=False)
+    vertex_major = conv(features.transpose(0, 1), laplacian, vertex_major=True)
+    torch.testing.assert_close(vertex_major.transpose(0, 1), conv(features, laplacian), atol=1e-12, rtol=0)
+
+
+def test_mesh_condition_encoder_keeps_the_raw_condition_and_mixes_neighbours():
+    torch.manual_seed(0)
+    encoder = MeshConditionEncoder(MESH.edge_index, V, 2, 6, order=2).double()
+    condition = torch.randn(4, V, 2, dtype=torch.float64)
+    encoded = encoder(condition)
+    assert encoded.shape == (4, V, 8)
+    assert torch.equal(encoded[..., :2], condition)
+    moved = condition.clone()
+    moved[:, 0] += 1.0  # one vertex: its neighbours' features change, far vertices' do not
+    change = (encoder(moved) - encoded)[0, :, 2:].abs().sum(dim=-1)
+    neighbours = MESH.edge_index[1, MESH.edge_index[0] == 0]
+    assert (change[neighbours] > 1e-6).all()
+    second = MESH.edge_index[1, torch.isin(MESH.edge_index[0], neighbours)]
+    two_hops = set(second.tolist()) | set(neighbours.tolist()) | {0}
+    far = [vertex for vertex in range(V) if vertex not in two_hops]
+    assert far and (change[far] == 0).all()  # two order-2 convolutions: two hops at most

@@ -1,5 +1,6 @@
 """Conditional flows: invertibility, exact log-determinants, identity at initialisation, save/load,
-loading package 0.1.0 checkpoints. The layers one by one: tests/test_flow_layers.py."""
+loading package 0.1.0 checkpoints, shared condition encoders. The layers one by one:
+tests/test_flow_layers.py."""
 
 import pytest
 import torch
@@ -14,11 +15,13 @@ MESH = latlon_sphere(60.0)  # 18 vertices: small enough for dense Jacobians
 def make_flow(kind: str, **overrides):
     if kind.startswith("realnvp"):
         config = dict(dim=MESH.num_vertices, cond_dim=2 * MESH.num_vertices, depth=3, hidden=16, permutation="random",
-                      aligned_features=2 if kind == "realnvp_aligned" else 0)
+                      aligned_features=0 if kind == "realnvp" else 2,
+                      condition_features=6 if kind == "realnvp_encoded" else 0)
         config.update(overrides)
         return ConditionalRealNVP(**config)
     config = dict(num_vertices=MESH.num_vertices, cond_channels=2, depth=2, hidden=8, partition="parity",
-                  order=1 if kind == "mesh_order1" else 3)
+                  order=1 if kind == "mesh_order1" else 3, condition_features=3 if kind == "mesh_encoded" else 0,
+                  layers=1 if kind == "mesh_encoded" else 3)
     config.update(overrides)
     return ConditionalMeshFlow(MESH.edge_index, **config)
 
@@ -36,7 +39,9 @@ def perturb_weights(flow: torch.nn.Module, scale: float = 0.3):
     return flow
 
 
-FLOWS = ["realnvp", "realnvp_aligned", "mesh", "mesh_order1"]  # aligned: per-coordinate skips from (y, mask)
+FLOWS = ["realnvp", "realnvp_aligned", "realnvp_encoded", "mesh", "mesh_order1", "mesh_encoded"]
+# aligned: per-coordinate skips from (y, mask); encoded: a condition encoder shared by the couplings
+ENCODED = ["realnvp_encoded", "mesh_encoded"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -113,7 +118,7 @@ def test_actnorm_initialises_on_first_batch():
     assert torch.equal(layer.bias, before)
 
 
-@pytest.mark.parametrize("kind", FLOWS)
+@pytest.mark.parametrize("kind", [kind for kind in FLOWS if kind not in ENCODED])
 def test_loads_package_0_1_checkpoints(kind):
     """Package 0.1.0 called the depth ``n_steps`` in configs and stored each coupling's network
     entries on the coupling itself (``layers.1.net.0.weight``, ``layers.1.active_coordinates``, ...)."""
@@ -134,3 +139,24 @@ def test_loads_package_0_1_checkpoints(kind):
 def test_depth_counts_coupling_steps():
     assert sum(isinstance(layer, ActNorm) for layer in make_flow("realnvp", depth=5).layers) == 5
     assert sum(isinstance(layer, ActNorm) for layer in make_flow("mesh", depth=4).layers) == 4
+
+
+@pytest.mark.parametrize("kind", ENCODED)
+def test_sample_encodes_each_condition_once_and_matches_forward(kind):
+    flow = perturb_weights(make_flow(kind).double(), 0.1).eval()
+    calls = []
+    flow.encoder.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    c = condition(3)
+    samples = flow.sample(c, n=5, generator=torch.Generator().manual_seed(0))
+    assert calls == [3]  # once for the 3 conditions, not once per draw or per coupling
+    z = torch.randn(15, MESH.num_vertices, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(samples.reshape(15, -1), flow(z, c.repeat(5, 1, 1))[0], atol=1e-12, rtol=0)
+
+
+def test_encoded_realnvp_couplings_do_not_read_the_raw_condition():
+    """Coupling networks read ``[z_P, e]``: their size does not grow with the condition."""
+    small, large = (make_flow("realnvp_encoded", cond_dim=k * MESH.num_vertices, aligned_features=k) for k in (2, 6))
+    difference = sum(p.numel() for p in large.parameters()) - sum(p.numel() for p in small.parameters())
+    encoder_difference = 4 * MESH.num_vertices * 6  # the encoder's first layer: 4 V more inputs × m = 6
+    skip_difference = 4 * MESH.num_vertices // 2 * 6  # per-coordinate skips: 4 more features × |A| × 6 couplings
+    assert difference == encoder_difference + skip_difference

@@ -64,15 +64,6 @@ def test_log_det_adds_the_base_log_det(field):
     assert (x[:, LAYOUT.num_vertices:] == 0).all()
 
 
-def test_blind_base_is_the_fitted_prior(field):
-    model = identity_model(field, blind=True)
-    root = model.base_root(measurement_of(field))
-    torch.testing.assert_close(root.mean[0], field.mean.float())
-    L = root.scale[0, :, None].double() * (torch.eye(field.dim, dtype=torch.float64)
-                                            + (root.directions[0] @ root.directions[0].T).double())
-    torch.testing.assert_close(L @ L.T, field.covariance(), atol=1e-5, rtol=1e-4)
-
-
 def test_base_is_saved_and_loaded(field, tmp_path):
     model = identity_model(field)
     model.save(tmp_path / "m.pt")

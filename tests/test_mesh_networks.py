@@ -77,4 +77,4 @@ def test_usable_as_gaussian_residual_correction():
     train = torch.randn(40, MESH.num_vertices, generator=torch.Generator().manual_seed(2))
     network = build_network("gaussian_residual", layout, mesh=MESH, base="diffusion_net", base_config=CONFIG, rank=5,
                             gaussian=fit_ppca(train, 5))
-    assert isinstance(network.correction, DiffusionNet) and bool(network.correction.basis.any())
+    assert isinstance(network.correction, DiffusionNet) and bool(network.correction.analysis.any())

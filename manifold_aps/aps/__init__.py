@@ -10,8 +10,9 @@ signals — by minimising, per measurement, the amortized KL of the paper (Eq. 1
 with ``m`` the observed mask, the data term the operator's misfit
 (:meth:`~manifold_aps.operators.RandomVertexMask.misfit`), ``b'`` the frozen diffusion prior's
 ELBO (:meth:`manifold_aps.diffusion.DiffusionPrior.elbo`) and all weights 1 by default. The
-condition ``c`` is ``y`` and the observed mask at every vertex (known operator), or ``y`` alone
-(blind operator). The sampler holds its operator and is saved with it.
+condition ``c`` is ``y`` and the observed mask at every vertex; a blind sampler is given ``y``
+alone and reads the mask off it (hidden entries of ``y`` are exactly 0). The sampler holds its
+operator and is saved with it.
 
 Padding. The flow runs over the real entries only (``d_real = V · C``) and its output is placed in
 the padded vector with exact zeros on the padding vertices, so the log-determinant is that of the
@@ -25,8 +26,8 @@ prior fitted to the training signals (optimal interpolation,
     log|det ∂x/∂z| = Σ log s(y) + log det(I + E(y)ᵀ E(y)) + log|det ∂F_φ/∂z|
 
 with ``μ`` the posterior mean and ``s, E`` a square root of the posterior covariance that keeps
-its ``base_rank`` leading directions and every marginal variance exactly (in blind mode the
-fitted prior itself). ``F_φ`` starts as the identity, so training starts from the
+its ``base_rank`` leading directions and every marginal variance exactly (in blind mode given
+the mask read off ``y``). ``F_φ`` starts as the identity, so training starts from the
 optimal-interpolation posterior, correlations included.
 
 Modules: :mod:`~manifold_aps.aps.config` (:class:`APSConfig`), :mod:`~manifold_aps.aps.sampler`

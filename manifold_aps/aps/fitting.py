@@ -58,7 +58,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         flow: ``"realnvp"`` (vector halves) or ``"mesh"`` (graph couplings on vertex partitions).
         scale: ``"smoke"`` (seconds), ``"cpu"`` or ``"paper"`` presets (:mod:`manifold_aps.scales`).
         blind: train for unknown masks with hidden fractions drawn from ``hidden_range``; the
-            sampler is then conditioned on ``y`` alone.
+            sampler is then given ``y`` alone and reads the mask off it (hidden entries are 0).
         gaussian_base: compose the flow with the optimal-interpolation posterior of a Gaussian
             (probabilistic PCA) prior fitted to the complete signals, its rank chosen on a
             held-out tenth of them (module docstring); False trains the flow from ``z`` alone.

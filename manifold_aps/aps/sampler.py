@@ -22,19 +22,32 @@ from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_check
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import prior_from_record, prior_record
 from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP
-from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian
+from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian, posterior_root_every_direction
 from manifold_aps.operators import (BlindVertexMask, Measurement, RandomVertexMask, check_noise_std,
                                     operator_from_config)
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, convert_units, warn_outside_training_range
 from manifold_aps.trainer import resolve_device
 
-__all__ = ["AmortizedPosteriorSampler", "condition_channels"]
+__all__ = ["AmortizedPosteriorSampler", "condition_channels", "observed_from_y"]
 
 
-def condition_channels(layout: VertexLayout, blind: bool, gaussian_base: bool) -> int:
-    """Channels of the flow's condition per vertex: ``y`` (``C``), the observed mask unless blind
-    (1), and the Gaussian base's mean and scale (``2 C``) when there is a base."""
-    return layout.num_channels + (0 if blind else 1) + (2 * layout.num_channels if gaussian_base else 0)
+def condition_channels(layout: VertexLayout, blind: bool, gaussian_base: bool, mask_from_y: bool = True) -> int:
+    """Channels of the flow's condition per vertex: ``y`` (``C``), the observed mask (1; a blind
+    sampler reads it off ``y``, or, with ``mask_from_y=False`` as in files written before it did,
+    goes without), and the Gaussian base's mean and scale (``2 C``) when there is a base."""
+    mask = 0 if blind and not mask_from_y else 1
+    return layout.num_channels + mask + (2 * layout.num_channels if gaussian_base else 0)
+
+
+def observed_from_y(y: torch.Tensor, num_vertices: int) -> torch.Tensor:
+    """The observed mask ``(B, V_pad)`` that ``y`` ``(B, V_pad, C)`` itself reveals: a real vertex is
+    observed iff some channel of ``y`` is non-zero there.
+
+    Exact with probability 1 for the masking operators: hidden entries of ``y`` are exactly 0 and
+    visible ones carry continuous noise (``y = m ⊙ (x + σ_y n)``, σ_y > 0)."""
+    observed = (y != 0).any(dim=-1)
+    observed[:, num_vertices:] = False
+    return observed
 
 
 class AmortizedPosteriorSampler(torch.nn.Module):
@@ -42,11 +55,11 @@ class AmortizedPosteriorSampler(torch.nn.Module):
 
     Arguments:
         flow: a :class:`~manifold_aps.flows.ConditionalFlow` over the ``V · C`` real entries whose
-            condition is ``(B, V, C + 1)`` (``y``, observed mask) or ``(B, V, C)`` for a blind operator.
+            condition has :func:`condition_channels` per vertex (:meth:`condition`).
         prior: the :class:`~manifold_aps.diffusion.DiffusionPrior` (frozen here).
         operator: the measurement operator (σ_y > 0, the mask rule, the likelihood); a
-            :class:`~manifold_aps.operators.BlindVertexMask` makes the sampler blind (conditioned
-            on ``y`` alone; the mask is still used in the training loss).
+            :class:`~manifold_aps.operators.BlindVertexMask` makes the sampler blind (it reads
+            ``y`` alone; the operator's mask is still used in the training loss).
         fidelity_weight, prior_weight, logdet_weight: ``λ_fid, λ_prior, λ_logdet`` (default 1).
         num_times: Monte-Carlo draws of the ELBO per flow sample.
         base: the fitted Gaussian prior (over the ``V · C`` real entries) whose posterior is the
@@ -54,6 +67,12 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         base_rank: posterior directions the base keeps exactly (default: the base's rank, i.e. all).
         normalizer: maps the user's physical values to the model's (default: the prior's
             ``normalizer``, if any; module docstring).
+        mask_from_y: for a blind operator: read the observed mask off ``y``
+            (``observed_from_y``): the Gaussian base is then the exact posterior given that
+            mask, as for a known operator, and the flow's condition has the known-operator layout
+            (``y``, mask, base mean, scale). False: the layout of blind files written before
+            (base = the fitted prior, condition without the mask); files that do not store the
+            flag load with False.
 
     Example:
         >>> model = fit(mesh, signals, scale="smoke")             # doctest: +SKIP
@@ -63,7 +82,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
     def __init__(self, flow: ConditionalFlow, prior: DiffusionPrior, operator: RandomVertexMask,
                  fidelity_weight: float = 1.0, prior_weight: float = 1.0, logdet_weight: float = 1.0,
                  num_times: int = 1, base: LowRankGaussian | None = None, base_rank: int | None = None,
-                 normalizer: MinMaxNormalizer | None = None):
+                 normalizer: MinMaxNormalizer | None = None, mask_from_y: bool = True):
         super().__init__()
         if not isinstance(operator, RandomVertexMask):
             raise TypeError(f"operator must be a RandomVertexMask or BlindVertexMask, got {type(operator).__name__}")
@@ -84,6 +103,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         self.base = base
         self.base_rank = int(base_rank) if base_rank is not None else (base.rank if base is not None else 0)
         self.normalizer = normalizer if normalizer is not None else getattr(prior, "normalizer", None)
+        self.mask_from_y = bool(mask_from_y)
         self.report: dict = {}
 
     @property
@@ -95,28 +115,45 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         return self.operator.noise_std
 
     # -- the objective --------------------------------------------------------------------------
+    def seen(self, measurement: Measurement) -> Measurement:
+        """The measurement as the sampler reads it: a blind sampler's observed mask is the one ``y``
+        reveals (``observed_from_y``), never the operator's."""
+        if not self.blind:
+            return measurement
+        return Measurement(measurement.y, observed_from_y(measurement.y, self.layout.num_vertices))
+
     def base_root(self, measurement: Measurement) -> GaussianRoot | None:
         """The Gaussian base of each measurement (None without a base), float32 over the ``V · C``
-        real entries: the exact posterior given ``y`` on the observed entries, or the fitted prior
-        when blind."""
+        real entries: the exact posterior given ``y`` on the observed entries (for a blind sampler
+        those that ``y`` reveals), or the fitted prior for a blind sampler without ``mask_from_y``."""
         if self.base is None:
             return None
         device = measurement.y.device
-        if self.blind:
+        if self.blind and not self.mask_from_y:
             root = self.base.root(self.base_rank)
             root = GaussianRoot(*(value.expand(len(measurement), *value.shape[1:]) for value in
                                   (root.mean, root.scale, root.directions)))
         else:
-            y, observed = measurement.to("cpu").real_entries(self.layout.num_vertices)
-            root = self.base.posterior_root(y, observed, self.noise_std, self.base_rank)
+            y, observed = self.seen(measurement).to("cpu").real_entries(self.layout.num_vertices)
+            if self.base_rank >= self.base.rank and self.base.nugget_variance > 0:  # the fast exact solve
+                if getattr(self, "_modes_gram", (None,))[0] is not self.base:
+                    self._modes_gram = (self.base, self.base.modes.T @ self.base.modes)  # once per Gaussian
+                blocks = [posterior_root_every_direction(self.base, y[i:i + 32], observed[i:i + 32], self.noise_std,
+                                                         self._modes_gram[1]) for i in range(0, len(y), 32)]
+                root = GaussianRoot(*(torch.cat(parts) for parts in zip(*((r.mean, r.scale, r.directions)
+                                                                          for r in blocks))))
+            else:
+                root = self.base.posterior_root(y, observed, self.noise_std, self.base_rank)
         return GaussianRoot(*(value.float().to(device) for value in (root.mean, root.scale, root.directions)))
 
     def condition(self, measurement: Measurement, root: GaussianRoot | None = None) -> torch.Tensor:
-        """``(B, V, C + 1)``: ``y`` and the observed mask on the real vertices (``(B, V, C)`` if blind),
-        followed by the base's mean and scale (``2 C`` more channels) when its ``root`` is given."""
+        """``(B, V, C + 1)``: ``y`` and the observed mask on the real vertices (for a blind sampler
+        the mask ``y`` reveals; ``(B, V, C)``, ``y`` alone, without ``mask_from_y``), followed by the
+        base's mean and scale (``2 C`` more channels) when its ``root`` is given."""
         V, C = self.layout.num_vertices, self.layout.num_channels
+        measurement = self.seen(measurement)
         y = measurement.y[:, :V]
-        parts = [y] if self.blind else [y, measurement.observed[:, :V, None].to(y.dtype)]
+        parts = [y] if self.blind and not self.mask_from_y else [y, measurement.observed[:, :V, None].to(y.dtype)]
         if root is not None:
             parts += [root.mean.reshape(-1, V, C), root.scale.reshape(-1, V, C)]
         return torch.cat(parts, dim=-1)
@@ -207,6 +244,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             layout=dataclasses.asdict(self.layout), operator=self.operator.to_config(),
             normalizer=None if self.normalizer is None else self.normalizer.state_dict(), weights=dict(self.weights), num_times=self.num_times,
             prior=prior_record(self.prior) if include_prior else None, report=dict(self.report),
+            mask_from_y=self.mask_from_y,
             base=None if self.base is None else dict(
                 mean=self.base.mean.clone(), modes=self.base.modes.clone(), spectrum=self.base.spectrum.clone(),  # no views
                 nugget_variance=self.base.nugget_variance, rank=self.base_rank),
@@ -250,7 +288,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         normalizer = payload.get("normalizer")
         model = cls(flow, prior, operator, weights["fidelity"], weights["prior"], weights["logdet"],
                     payload["num_times"], base, stored["rank"] if stored else None,
-                    MinMaxNormalizer(**normalizer) if normalizer else None)
+                    MinMaxNormalizer(**normalizer) if normalizer else None, payload.get("mask_from_y", False))
         model.report = dict(payload.get("report", {}))
         return model
 

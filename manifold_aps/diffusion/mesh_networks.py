@@ -69,6 +69,8 @@ class DiffusionNetBlock(nn.Module):
         time_dim: size of the time features.
     """
 
+    zero_initialised_layer = "outer"
+
     def __init__(self, width: int, time_dim: int):
         super().__init__()
         self.log_diffusion_time = nn.Parameter(torch.zeros(width))  # set by DiffusionNet from the spectrum
@@ -80,19 +82,21 @@ class DiffusionNetBlock(nn.Module):
         nn.init.zeros_(self.outer.weight)
         nn.init.zeros_(self.outer.bias)
 
-    def forward(self, h, time_features, basis, weighted_basis, eigenvalues, basis_gradients):
-        """``h`` ``(B, V, W)``; ``basis`` ``Φ`` and ``weighted_basis`` ``MΦ`` ``(V, k)``; ``basis_gradients`` ``(V, 2, k)``."""
-        coefficients = torch.einsum("vk,bvw->bkw", weighted_basis, h)
+    def forward(self, h: torch.Tensor, time_features: torch.Tensor, analysis: torch.Tensor, synthesis: torch.Tensor,
+                eigenvalues: torch.Tensor) -> torch.Tensor:
+        """``h`` ``(V, B, W)`` (vertex-major, so the spectral steps are plain matrix products);
+        ``analysis`` ``MΦ`` ``(V, k)``; ``synthesis`` ``[Φ; ∂₁Φ; ∂₂Φ]`` ``(3V, k)``."""
+        vertices, batch, width = h.shape
+        coefficients = (analysis.T @ h.reshape(vertices, -1)).reshape(-1, batch, width)
         decay = torch.exp(-eigenvalues[:, None] * self.log_diffusion_time.exp()[None, :])  # (k, W)
-        diffused_coefficients = coefficients * decay
-        diffused = torch.einsum("vk,bkw->bvw", basis, diffused_coefficients)
-        gradient = torch.einsum("vik,bkw->bviw", basis_gradients, diffused_coefficients)  # (B, V, 2, W)
-        gx, gy = gradient[:, :, 0], gradient[:, :, 1]
+        synthesised = (synthesis @ (coefficients * decay[:, None, :]).reshape(coefficients.shape[0], -1))
+        diffused, gx, gy = synthesised.reshape(3, vertices, batch, width).unbind(0)
         ax = self.gradient_real(gx) - self.gradient_imaginary(gy)
         ay = self.gradient_real(gy) + self.gradient_imaginary(gx)
         gradient_features = torch.tanh(gx * ax + gy * ay)
-        scale, shift = self.time(time_features)[:, None, :].chunk(2, dim=2)
-        hidden = nn.functional.silu(self.inner(torch.cat([h, diffused, gradient_features], dim=2)) * (1 + scale) + shift)
+        scale, shift = self.time(time_features)[None].chunk(2, dim=2)
+        hidden = self.inner(torch.cat([h, diffused, gradient_features], dim=2))
+        hidden = nn.functional.silu(hidden * (1 + scale) + shift)
         return h + self.outer(hidden)
 
 
@@ -125,10 +129,9 @@ class DiffusionNet(NoiseNetwork):
         if width < 1 or depth < 1:
             raise ValueError(f"need width ≥ 1 and depth ≥ 1, got {width}, {depth}")
         self.config = dict(num_modes=num_modes, width=width, depth=depth, time_dim=time_dim)
-        self.register_buffer("basis", torch.zeros(vertices, num_modes))
-        self.register_buffer("weighted_basis", torch.zeros(vertices, num_modes))
+        self.register_buffer("analysis", torch.zeros(vertices, num_modes))  # MΦ
+        self.register_buffer("synthesis", torch.zeros(3 * vertices, num_modes))  # [Φ; ∂₁Φ; ∂₂Φ]
         self.register_buffer("eigenvalues", torch.zeros(num_modes))
-        self.register_buffer("basis_gradients", torch.zeros(vertices, 2, num_modes))
         channels = layout.num_channels
         self.time_embedding = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim), nn.SiLU())
         self.lift = nn.Linear(channels, width)
@@ -148,10 +151,9 @@ class DiffusionNet(NoiseNetwork):
         # in units of the mean edge length, so gradient features are O(1) changes per edge on any mesh
         edge_length = np.linalg.norm(vertices[edges[0]] - vertices[edges[1]], axis=1).mean()
         gradients = edge_length * eigenbasis_gradients(vertices, edges, eigenvectors)
-        self.basis.copy_(torch.as_tensor(eigenvectors))
-        self.weighted_basis.copy_(torch.as_tensor(mass[:, None] * eigenvectors))
+        self.analysis.copy_(torch.as_tensor(mass[:, None] * eigenvectors))
+        self.synthesis.copy_(torch.as_tensor(np.concatenate([eigenvectors, gradients[:, 0], gradients[:, 1]])))
         self.eigenvalues.copy_(torch.as_tensor(eigenvalues))
-        self.basis_gradients.copy_(torch.as_tensor(gradients))
         # Diffusion times spread log-uniformly from the finest to the coarsest resolved scale.
         positive = eigenvalues[eigenvalues > 0]
         low, high = np.log(1.0 / positive.max()), np.log(1.0 / positive.min())
@@ -160,13 +162,13 @@ class DiffusionNet(NoiseNetwork):
                 block.log_diffusion_time.copy_(torch.linspace(low, high, self.config["width"]))
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not bool(self.basis.any()):
+        if not bool(self.analysis.any()):
             raise RuntimeError("DiffusionNet was built without a mesh: pass mesh= or load its weights")
         batch, vertices = x.shape[0], self.layout.num_vertices
-        h = self.lift(self.layout.unflatten(x)[:, :vertices])  # (B, V, W)
+        h = self.lift(self.layout.unflatten(x)[:, :vertices].transpose(0, 1))  # (V, B, W)
         time_features = self.time_embedding(t)
         for block in self.blocks:
-            h = block(h, time_features, self.basis, self.weighted_basis, self.eigenvalues, self.basis_gradients)
-        prediction = self.project(h)
+            h = block(h, time_features, self.analysis, self.synthesis, self.eigenvalues)
+        prediction = self.project(h).transpose(0, 1)  # (B, V, C)
         padded = nn.functional.pad(prediction, (0, 0, 0, self.layout.padded_vertices - vertices))
         return padded.reshape(batch, -1)

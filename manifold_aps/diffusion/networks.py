@@ -38,6 +38,8 @@ __all__ = ["SinusoidalTimeEmbedding", "NoiseNetwork", "UNet1D", "ResidualMLP", "
 class _ResidualBlock1D(nn.Module):
     """GroupNorm → SiLU → conv, time FiLM (scale, shift), GroupNorm → SiLU → conv, plus a skip."""
 
+    zero_initialised_layer = "conv2"
+
     def __init__(self, in_channels: int, out_channels: int, time_dim: int, groups: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(min(groups, in_channels), in_channels)

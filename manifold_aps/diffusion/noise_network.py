@@ -84,6 +84,8 @@ class NoiseNetwork(nn.Module):
 class FiLMBlock(nn.Module):
     """``h + W₂ SiLU((1 + γ(t)) ⊙ W₁ LN(h) + β(t))`` with a zero-initialised ``W₂``."""
 
+    zero_initialised_layer = "outer"
+
     def __init__(self, width: int, time_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(width)

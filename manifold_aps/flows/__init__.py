@@ -1,6 +1,6 @@
 """Conditional normalizing flows ``x = G(z, c)``: the layers (ActNorm, permutations, one affine
-coupling with an MLP or a graph conditioner) and the two flows APS uses
-(:class:`~manifold_aps.flows.realnvp.ConditionalRealNVP`,
+coupling with an MLP or a graph conditioner, optional condition encoders shared by the couplings)
+and the two flows APS uses (:class:`~manifold_aps.flows.realnvp.ConditionalRealNVP`,
 :class:`~manifold_aps.flows.mesh_flow.ConditionalMeshFlow`).
 
 Every layer is called ``layer(z, c) → (x, log|det ∂x/∂z|)`` with ``layer.inverse(x, c) → (z,
@@ -16,11 +16,12 @@ from manifold_aps.flows.base import ConditionalFlow, FlowLayer
 from manifold_aps.flows.chebyshev import ChebyshevConv, scaled_laplacian
 from manifold_aps.flows.conditioners import GraphConditioner, MLPConditioner
 from manifold_aps.flows.coupling import AffineCoupling
+from manifold_aps.flows.encoders import MeshConditionEncoder, VectorConditionEncoder
 from manifold_aps.flows.factory import FLOWS, build_flow
 from manifold_aps.flows.mesh_flow import ConditionalMeshFlow, vertex_partition
 from manifold_aps.flows.permutation import Permutation
 from manifold_aps.flows.realnvp import ConditionalRealNVP
 
 __all__ = ["FlowLayer", "ConditionalFlow", "ActNorm", "Permutation", "AffineCoupling", "MLPConditioner",
-           "GraphConditioner", "ChebyshevConv", "scaled_laplacian", "ConditionalRealNVP", "ConditionalMeshFlow",
-           "vertex_partition", "FLOWS", "build_flow"]
+           "GraphConditioner", "VectorConditionEncoder", "MeshConditionEncoder", "ChebyshevConv", "scaled_laplacian",
+           "ConditionalRealNVP", "ConditionalMeshFlow", "vertex_partition", "FLOWS", "build_flow"]

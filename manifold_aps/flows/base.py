@@ -37,7 +37,8 @@ class ConditionalFlow(torch.nn.Module):
 
     Subclasses fill ``self.layers``, set ``self.dim`` and ``self.config`` (the keyword arguments that
     rebuild them) and may override :meth:`prepare_condition`, which checks the condition and puts it
-    in the form the layers read.
+    in the form the layers read (e.g. runs a shared condition encoder). :meth:`sample` prepares each
+    condition once and repeats the prepared form for its ``n`` draws.
     """
 
     dim: int
@@ -51,7 +52,9 @@ class ConditionalFlow(torch.nn.Module):
     def forward(self, z: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` ``(B, d)`` → ``(x, log|det ∂x/∂z|)`` with ``x`` ``(B, d)`` and the log-det ``(B,)``."""
         self._check(z, condition)
-        condition = self.prepare_condition(condition)
+        return self._forward_prepared(z, self.prepare_condition(condition))
+
+    def _forward_prepared(self, z: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
         for layer in self.layers:
             z, step = layer(z, condition)
@@ -78,9 +81,10 @@ class ConditionalFlow(torch.nn.Module):
         if n < 1:
             raise ValueError(f"n must be ≥ 1, got {n}")
         batch = condition.shape[0]
-        repeated = condition.repeat(n, *([1] * (condition.dim() - 1)))
+        prepared = self.prepare_condition(condition)  # once per condition, not once per draw
+        repeated = prepared.repeat(n, *([1] * (prepared.dim() - 1)))
         z = torch.randn(n * batch, self.dim, generator=generator, device=condition.device, dtype=condition.dtype)
-        return self(z, repeated)[0].reshape(n, batch, self.dim)
+        return self._forward_prepared(z, repeated)[0].reshape(n, batch, self.dim)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, condition: torch.Tensor):

@@ -45,8 +45,8 @@ class ChebyshevConv(torch.nn.Module):
         order: Chebyshev filter size ``K ≥ 1`` (``K = 1``: a per-vertex linear map, no hop).
 
     Shapes:
-        input ``(V, F_in)`` or ``(B, V, F_in)`` and the sparse ``(V, V)`` matrix ``L̂``;
-        output ``(V, F_out)`` or ``(B, V, F_out)``.
+        input ``(V, F_in)``, ``(B, V, F_in)`` or, with ``vertex_major``, ``(V, B, F_in)``, and
+        the sparse ``(V, V)`` matrix ``L̂``; output of the same layout with ``F_out`` features.
 
     Example:
         >>> edge_index = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
@@ -71,15 +71,22 @@ class ChebyshevConv(torch.nn.Module):
             lin.reset_parameters()
         torch.nn.init.zeros_(self.bias)
 
-    def forward(self, features: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
-        """``Σ_k T_k(L̂) h Θ_k + b`` for ``h`` ``(V, F)`` or ``(B, V, F)``."""
-        batched = features.dim() == 3
-        values = features if batched else features[None]
-        batch, vertices, width = values.shape
+    def forward(self, features: torch.Tensor, laplacian: torch.Tensor, vertex_major: bool = False) -> torch.Tensor:
+        """``Σ_k T_k(L̂) h Θ_k + b`` for ``h`` ``(V, F)`` or ``(B, V, F)`` — or ``(V, B, F)`` with
+        ``vertex_major``, the layout in which a hop is one sparse product with no copy (what the
+        mesh flow's networks use between their convolutions)."""
+        if features.dim() == 2:
+            return self._vertex_major(features[:, None], laplacian)[:, 0]
+        if vertex_major:
+            return self._vertex_major(features, laplacian)
+        return self._vertex_major(features.transpose(0, 1), laplacian).transpose(0, 1)
 
-        def hop(h):  # L̂ applied to every batch item at once
-            stacked = h.transpose(0, 1).reshape(vertices, batch * width)
-            return torch.sparse.mm(laplacian, stacked).reshape(vertices, batch, width).transpose(0, 1)
+    def _vertex_major(self, values: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
+        """``(V, B, F_in)`` → ``(V, B, F_out)``; ``L̂`` applied to every batch item at once."""
+        values = values.contiguous()
+
+        def hop(h):
+            return torch.sparse.mm(laplacian, h.reshape(h.shape[0], -1)).reshape(h.shape)
 
         out = self.lins[0](values)
         if len(self.lins) > 1:
@@ -88,5 +95,4 @@ class ChebyshevConv(torch.nn.Module):
             for lin in self.lins[2:]:
                 previous, current = current, 2.0 * hop(current) - previous
                 out = out + lin(current)
-        out = out + self.bias
-        return out if batched else out[0]
+        return out + self.bias

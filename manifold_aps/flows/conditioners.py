@@ -12,6 +12,7 @@ Both zero-initialise their output layer, so a fresh coupling is the identity.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 
 from manifold_aps.flows.chebyshev import ChebyshevConv, scaled_laplacian
 
@@ -41,14 +42,22 @@ class MLPConditioner(torch.nn.Module):
     units did not even reproduce the observed entries (RMSE equal to the signal's std on a
     1152-vertex torus).
 
+    Shared condition features. With ``encoded_features = m > 0`` the condition arrives as
+    ``[e, c]``, ``e`` ``(B, m)`` from the flow's
+    :class:`~manifold_aps.flows.encoders.VectorConditionEncoder`: the network reads ``[z_P, e]``
+    (``(|P| + m) h`` first-layer weights instead of ``(|P| + cond_dim) h``) and the skip still reads
+    the raw ``c``.
+
     Arguments:
         passive_size, active_size: ``|P|`` and ``|A|``.
-        cond_dim: condition length (0 for an unconditional coupling).
+        cond_dim: raw condition length (0 for an unconditional coupling).
         hidden: width of the network; layers: its hidden layers.
         aligned_features: ``k > 0`` when the condition is ``k`` features per coordinate of the
             signal (``(B, d · k)``, coordinate-major).
         active_coordinates: ``(|A|,)`` the signal coordinate of each active entry (the entries may
             have been permuted); needed with ``aligned_features``.
+        encoded_features: ``m``, the length of the shared features ``e`` (0: no encoder; the
+            network reads ``c`` itself).
 
     Example:
         >>> conditioner = MLPConditioner(3, 3, cond_dim=2, hidden=8)
@@ -57,10 +66,10 @@ class MLPConditioner(torch.nn.Module):
     """
 
     def __init__(self, passive_size: int, active_size: int, cond_dim: int = 0, hidden: int = 256, layers: int = 2,
-                 aligned_features: int = 0, active_coordinates: torch.Tensor | None = None):
+                 aligned_features: int = 0, active_coordinates: torch.Tensor | None = None, encoded_features: int = 0):
         super().__init__()
-        self.net = mlp(passive_size + cond_dim, 2 * active_size, hidden, layers)
-        self.aligned_features = aligned_features
+        self.net = mlp(passive_size + (encoded_features or cond_dim), 2 * active_size, hidden, layers)
+        self.aligned_features, self.encoded_features = aligned_features, encoded_features
         self.skip = None
         if aligned_features:
             if active_coordinates is None or active_coordinates.shape != (active_size,):
@@ -69,11 +78,15 @@ class MLPConditioner(torch.nn.Module):
             self.register_buffer("active_coordinates", active_coordinates.clone())
 
     def forward(self, passive: torch.Tensor, condition: torch.Tensor | None = None):
-        """``z_P`` ``(B, |P|)`` and ``c`` ``(B, cond_dim)`` → ``(ŝ, t)``, each ``(B, |A|)``."""
-        features = passive if condition is None else torch.cat([passive, condition], dim=1)
+        """``z_P`` ``(B, |P|)`` and ``c`` ``(B, cond_dim)`` (``[e, c]``, ``(B, m + cond_dim)``, with
+        shared features) → ``(ŝ, t)``, each ``(B, |A|)``."""
+        read, raw = condition, condition
+        if self.encoded_features:
+            read, raw = condition[:, : self.encoded_features], condition[:, self.encoded_features:]
+        features = passive if read is None else torch.cat([passive, read], dim=1)
         raw_scale, shift = self.net(features).chunk(2, dim=1)
         if self.skip is not None:
-            aligned = condition.reshape(condition.shape[0], -1, self.aligned_features)
+            aligned = raw.reshape(raw.shape[0], -1, self.aligned_features)
             shift = shift + (aligned[:, self.active_coordinates] * self.skip).sum(dim=-1)
         return raw_scale, shift
 
@@ -98,6 +111,9 @@ class GraphConditioner(torch.nn.Module):
         active: ``(V,)`` bool, the vertices the coupling updates (its mask is
             ``active.repeat_interleave(channels)``).
         hidden, layers, order: width, number and Chebyshev order ``K`` of the graph convolutions.
+        recompute: keep only the inputs for the backward pass and recompute the network's
+            activations there (``torch.utils.checkpoint``): training memory of ``B · V · hidden``
+            per convolution and Chebyshev term traded for one more forward pass.
 
     Example:
         >>> from manifold_aps import latlon_sphere
@@ -110,11 +126,11 @@ class GraphConditioner(torch.nn.Module):
     """
 
     def __init__(self, edge_index: torch.Tensor, num_vertices: int, channels: int, cond_channels: int,
-                 active: torch.Tensor, hidden: int = 64, layers: int = 3, order: int = 3):
+                 active: torch.Tensor, hidden: int = 64, layers: int = 3, order: int = 3, recompute: bool = False):
         super().__init__()
         if active.shape != (num_vertices,) or active.dtype != torch.bool:
             raise ValueError(f"active must be a bool mask of shape ({num_vertices},)")
-        self.num_vertices, self.channels = num_vertices, channels
+        self.num_vertices, self.channels, self.recompute = num_vertices, channels, recompute
         self.register_buffer("edge_index", edge_index.clone())
         self.register_buffer("active", active.clone())
         widths = [channels + 1 + cond_channels] + [hidden] * layers
@@ -127,15 +143,23 @@ class GraphConditioner(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, passive: torch.Tensor, condition: torch.Tensor):
-        """``z_P`` ``(B, |P| · C)`` and ``c`` ``(B, V, cond_channels)`` → ``(ŝ, t)``, each ``(B, |A| · C)``."""
+        """``z_P`` ``(B, |P| · C)`` and ``c`` ``(B, V, cond_channels)`` → ``(ŝ, t)``, each ``(B, |A| · C)``.
+
+        The features travel vertex-major, ``(V, B, F)``, so that every hop is one sparse product
+        without a copy and the backward pass keeps one tensor per Chebyshev term."""
+        if self.recompute and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._evaluate, passive, condition, use_reentrant=False)
+        return self._evaluate(passive, condition)
+
+    def _evaluate(self, passive: torch.Tensor, condition: torch.Tensor):
         batch = passive.shape[0]
-        is_passive = (~self.active).to(passive.dtype)[None, :, None]
-        values = passive.new_zeros(batch, self.num_vertices, self.channels)
-        values[:, ~self.active] = passive.reshape(batch, -1, self.channels)
-        features = torch.cat([values, is_passive.expand(batch, -1, 1), condition], dim=-1)
+        values = passive.new_zeros(self.num_vertices, batch, self.channels)
+        values[~self.active] = passive.reshape(batch, -1, self.channels).transpose(0, 1)
+        is_passive = (~self.active).to(passive.dtype)[:, None, None].expand(-1, batch, 1)
+        features = torch.cat([values, is_passive, condition.transpose(0, 1)], dim=-1)
         laplacian = torch.sparse_coo_tensor(self.laplacian_index, self.laplacian_weight.to(features.dtype),
                                             (self.num_vertices, self.num_vertices), check_invariants=False)
         for conv in self.convs:
-            features = torch.nn.functional.silu(conv(features, laplacian))
-        raw_scale, shift = self.head(features)[:, self.active].chunk(2, dim=-1)
+            features = torch.nn.functional.silu(conv(features, laplacian, vertex_major=True))
+        raw_scale, shift = self.head(features[self.active]).transpose(0, 1).chunk(2, dim=-1)
         return raw_scale.reshape(batch, -1), shift.reshape(batch, -1)

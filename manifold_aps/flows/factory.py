@@ -18,7 +18,9 @@ def build_flow(kind: str, layout, cond_channels: int, edge_index=None, **shape) 
     Arguments:
         kind: ``"realnvp"`` (affine couplings on vector halves) or ``"mesh"`` (couplings on vertex
             partitions whose conditioner is a graph network; needs ``edge_index``).
-        shape: ``depth``, ``hidden``, ``layers``, ``scale_bound``, ``seed`` of the flow.
+        shape: ``depth``, ``hidden``, ``layers``, ``scale_bound``, ``seed`` of the flow, and
+            ``condition_features`` (a shared condition encoder; see
+            :mod:`~manifold_aps.flows.encoders`; default none).
     """
     if kind == "realnvp":
         dim, cond_dim = layout.num_vertices * layout.num_channels, layout.num_vertices * cond_channels

@@ -7,8 +7,11 @@ Each of the ``depth`` steps is, in the sampling direction ``z → x``,
             → coupling (second half of the permuted vector)
 
 The couplings are :class:`~manifold_aps.flows.coupling.AffineCoupling` with an
-:class:`~manifold_aps.flows.conditioners.MLPConditioner`. With the ``"reverse"`` permutation the
-second coupling updates the half the first one read. The permutations compose to a fixed
+:class:`~manifold_aps.flows.conditioners.MLPConditioner`. By default every coupling network reads
+the whole condition; with ``condition_features = m`` a
+:class:`~manifold_aps.flows.encoders.VectorConditionEncoder` reads it once per flow call and the
+couplings read its ``m`` features (and the raw condition only through the aligned skip). With
+the ``"reverse"`` permutation the second coupling updates the half the first one read. The permutations compose to a fixed
 permutation that is undone at the end, so coordinate ``i`` of ``x`` is coordinate ``i`` of the
 signal and a fresh flow is exactly the identity (all couplings start at zero and ActNorm at the
 identity). Log-determinants are exact sums of the couplings' log-scales.
@@ -22,6 +25,7 @@ from manifold_aps.flows.actnorm import ActNorm
 from manifold_aps.flows.base import ConditionalFlow
 from manifold_aps.flows.conditioners import MLPConditioner
 from manifold_aps.flows.coupling import AffineCoupling
+from manifold_aps.flows.encoders import VectorConditionEncoder
 from manifold_aps.flows.permutation import Permutation
 
 __all__ = ["ConditionalRealNVP"]
@@ -38,6 +42,9 @@ class ConditionalRealNVP(ConditionalFlow):
             (``cond_dim = k · d``, e.g. APS's ``y`` and observed mask per vertex): every coupling then
             adds a per-coordinate skip from them to its shift (see
             :class:`~manifold_aps.flows.conditioners.MLPConditioner`).
+        condition_features: ``m > 0``: a shared encoder (two linear maps of width ``m``) turns
+            the condition into ``m`` features once, and each coupling network reads those
+            instead of the ``cond_dim`` raw values; 0 (default): no encoder.
         n_steps: deprecated name of ``depth``.
 
     Example:
@@ -50,25 +57,30 @@ class ConditionalRealNVP(ConditionalFlow):
 
     def __init__(self, dim: int, cond_dim: int, depth: int = 24, hidden: int = 256, layers: int = 2,
                  scale_bound: float = 2.0, permutation: str = "reverse", seed: int = 0, aligned_features: int = 0,
-                 n_steps: int | None = None):
+                 condition_features: int = 0, n_steps: int | None = None):
         super().__init__()
         depth = self._depth(depth, n_steps)
         if dim < 2 or cond_dim < 0 or depth < 1:
             raise ValueError(f"need dim ≥ 2, cond_dim ≥ 0, depth ≥ 1; got {dim}, {cond_dim}, {depth}")
+        if condition_features < 0 or (condition_features and not cond_dim):
+            raise ValueError(f"condition_features must be ≥ 0 and needs a condition, got {condition_features} "
+                             f"with cond_dim {cond_dim}")
         if permutation not in ("reverse", "random"):
             raise ValueError(f"permutation must be 'reverse' or 'random', got {permutation!r}")
         if aligned_features and cond_dim != aligned_features * dim:
             raise ValueError(f"aligned_features={aligned_features} needs cond_dim = {aligned_features} × {dim}, got {cond_dim}")
         self.config = dict(dim=dim, cond_dim=cond_dim, depth=depth, hidden=hidden, layers=layers,
                            scale_bound=scale_bound, permutation=permutation, seed=seed,
-                           aligned_features=aligned_features)
+                           aligned_features=aligned_features, condition_features=condition_features)
         self.aligned_features = aligned_features
         self.dim, self.cond_dim = dim, cond_dim
+        self.encoder = VectorConditionEncoder(cond_dim, condition_features) if condition_features else None
         mask = torch.arange(dim) >= dim // 2  # every coupling updates the second half of its input
 
         def coupling(coordinates: torch.Tensor) -> AffineCoupling:  # coordinates: signal index of each input entry
             conditioner = MLPConditioner(int((~mask).sum()), int(mask.sum()), cond_dim, hidden, layers,
-                                         aligned_features, coordinates[mask] if aligned_features else None)
+                                         aligned_features, coordinates[mask] if aligned_features else None,
+                                         condition_features)
             return AffineCoupling(mask, conditioner, scale_bound)
 
         generator = torch.Generator().manual_seed(seed)
@@ -82,8 +94,8 @@ class ConditionalRealNVP(ConditionalFlow):
         self.layers = torch.nn.ModuleList(steps)
 
     def prepare_condition(self, condition: torch.Tensor) -> torch.Tensor:
-        """The flat condition ``(B, cond_dim)``."""
+        """The flat condition ``c`` ``(B, cond_dim)``, or ``[E(c), c]`` with a shared encoder."""
         condition = condition.reshape(condition.shape[0], -1)
         if condition.shape[1] != self.cond_dim:
             raise ValueError(f"condition has {condition.shape[1]} entries per sample, expected {self.cond_dim}")
-        return condition
+        return condition if self.encoder is None else torch.cat([self.encoder(condition), condition], dim=1)
