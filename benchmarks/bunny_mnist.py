@@ -1,7 +1,12 @@
 """Mesh benchmark: MNIST digits on the Stanford bunny, 30 % hidden, σ_y 0.1 (paper Table 2, Bunny-MNIST).
 
-    python benchmarks/bunny_mnist.py --scale smoke
-    python benchmarks/bunny_mnist.py --scale cpu --from-checkpoint checkpoints
+Trains (or loads with --from-checkpoint) the prior and APS, fits optimal interpolation and a
+mixture of PPCA, tunes the zero-shot samplers (DPS, MCG, MMPS, ΠGDM, DiffPIR; same prior as APS)
+on validation measurements, then scores every method on the same fixed-seed measurements of the
+test split (:mod:`manifold_aps.benchmark`; budgets per scale in ``BUDGETS``).
+
+    python benchmarks/bunny_mnist.py --scale smoke --from-checkpoint pretrained --threads 1
+    python benchmarks/bunny_mnist.py --scale cpu --from-checkpoint pretrained --threads 1
 """
 
 import argparse

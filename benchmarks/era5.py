@@ -1,12 +1,14 @@
 """Sphere benchmark: 2 m temperature on the 4° grid, 60 % hidden, σ_y 0.05 (paper Table 2, ERA5).
 
-Trains (or loads with --from-checkpoint) the prior and APS, then scores APS, DPS, MCG, harmonic
-interpolation and optimal interpolation on the same fixed-seed measurements of the test split and
-of the 24 genuine ERA5 fields. Without the GASP archive (--gasp-root) the training data is the
-labelled GCM proxy; the results file says which.
+Trains (or loads with --from-checkpoint) the prior and APS, fits optimal interpolation and a
+mixture of PPCA, tunes the zero-shot samplers (DPS, MCG, MMPS, ΠGDM, DiffPIR; same prior as APS)
+on validation measurements, then scores every method on the same fixed-seed measurements of the
+test split and of the 24 genuine ERA5 fields, and runs the blind sweep when a blind sampler is
+there. Without the GASP archive (--gasp-root) the training data is the labelled GCM proxy; the
+results file says which.
 
-    python benchmarks/era5.py --scale smoke
-    python benchmarks/era5.py --scale cpu --from-checkpoint checkpoints
+    python benchmarks/era5.py --scale smoke --from-checkpoint pretrained --threads 1
+    python benchmarks/era5.py --scale cpu --from-checkpoint pretrained --threads 1
 """
 
 import argparse

@@ -20,7 +20,8 @@ import torch
 
 from manifold_aps import pretrained
 from manifold_aps.aps import AmortizedPosteriorSampler
-from manifold_aps.benchmark import environment, evaluate_sampler
+from manifold_aps.benchmark import environment
+from manifold_aps.metrics import evaluate_sampler
 from manifold_aps.diffusion import load_prior
 from manifold_aps.operators import BlindVertexMask
 from manifold_aps.tasks import load_task

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from manifold_aps.diffusion.residual import gaussian_residual_prior
+from manifold_aps.diffusion.training import gaussian_residual_prior
 from manifold_aps.diffusion.saving import load_prior, save_prior
 from manifold_aps.diffusion.training import prior_training_config, train_prior
 from manifold_aps.signals import VertexLayout

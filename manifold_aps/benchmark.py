@@ -5,8 +5,10 @@ and ``diffpir`` (:mod:`manifold_aps.zero_shot`; the same prior as APS, ``diffusi
 per measurement, each knob tuned on validation by :func:`tune`), ``oi`` (optimal interpolation:
 exact posterior under a PPCA Gaussian fitted to training signals, rank chosen on validation),
 ``gmm`` (exact posterior under a mixture of PPCA, components and rank chosen on validation;
-:mod:`manifold_aps.mixture_of_ppca`), ``harmonic`` (cotan harmonic interpolation), ``aps_n1`` (one
-APS sample), ``aps_n128`` (mean of 128) and, where the prior is Gaussian, ``exact``. Metrics are on
+:mod:`manifold_aps.mixture_of_ppca`), ``harmonic`` (cotan harmonic interpolation), ``aps_base``
+(APS's Gaussian base alone, i.e. the flow at the identity: the exact posterior of the PPCA prior
+the flow is composed with), ``aps_n1`` (one APS sample), ``aps_n128`` (mean of 128) and, where the
+prior is Gaussian, ``exact``. Metrics are on
 the real vertices: ``psnr`` (data range 1), ``psnr_hidden`` (hidden vertices only), ``mse``,
 ``ssim`` (lat-lon grids), and for samplers with at least :data:`~manifold_aps.metrics.MIN_SAMPLES`
 (32) draws per measurement ``coverage_90`` (central 90 % intervals, hidden vertices) and ``crps``
@@ -40,7 +42,7 @@ from manifold_aps.signals import VertexLayout, latlon_grid
 from manifold_aps.zero_shot import sample_diffpir, sample_dps, sample_mcg, sample_mmps, sample_pigdm
 
 __all__ = ["BUDGETS", "score", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
-           "blind_sweep", "evaluate_sampler", "environment", "write_results"]
+           "blind_sweep", "environment", "write_results"]
 
 #: per scale: test measurements, zero-shot steps and draws per test measurement (≥ 32 for
 #: coverage/CRPS), validation measurements and draws for :func:`tune`, the mixture-of-PPCA grid
@@ -135,7 +137,8 @@ def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=No
                      gmm=None) -> dict:
     """The benchmark's rows for the method ``names`` (``dps``, ``mcg``, ``mmps``, ``pigdm``,
     ``diffpir``, ``oi``, ``gmm``, ``harmonic``, ``aps``) that can be built from what is given, in
-    that order: ``aps`` gives ``aps_n1`` and ``aps_n128``; ``tuning`` is :func:`tune`'s result
+    that order: ``aps`` gives ``aps_base`` (a known-operator model with a Gaussian base), ``aps_n1``
+    and ``aps_n128``; ``tuning`` is :func:`tune`'s result
     (a sampler not in it keeps its default knob);
     ``oi`` is :func:`fit_oi`'s result, ``gmm`` :func:`fit_gmm`'s; ``exact`` a Gaussian whose
     posterior is the truth (adds ``exact``)."""
@@ -156,6 +159,8 @@ def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=No
     if "harmonic" in names and mesh is not None:
         methods["harmonic"] = harmonic_method(mesh, layout)
     if "aps" in names and aps_model is not None:
+        if aps_model.base is not None and not aps_model.blind:  # the flow at the identity: APS's start
+            methods["aps_base"] = gaussian_method(aps_model.base, layout, info=dict(rank=aps_model.base.rank))
         methods.update(aps_n1=aps_method(aps_model, 1), aps_n128=aps_method(aps_model, 128))
     if exact is not None:
         methods["exact"] = gaussian_method(exact, layout)
@@ -200,31 +205,6 @@ def blind_sweep(layout, truth, blind_model, known_model, operator, oi, rates=(0.
                 row["method"] = row["method"].replace("aps", prefix, 1)
                 rows.append(dict(row, hidden_fraction=rate))
     return rows
-
-
-@torch.no_grad()
-def evaluate_sampler(model, operator, test_signals, n: int = 128, seed: int = 1) -> dict:
-    """Measure held-out clean signals with ``operator`` and score an APS ``model`` on them (real
-    vertices): PSNR of the ``n``-sample posterior mean and of a single sample, 90 % interval
-    coverage on the hidden vertices, and seconds per measurement for ``n`` samples."""
-    layout = model.layout
-    truth, _ = layout.to_batch(test_signals)
-    if not torch.isfinite(truth).all():
-        raise ValueError("test_signals must be complete (no NaN or ±inf): they are the truth APS is scored against")
-    generator = torch.Generator().manual_seed(seed)
-    measurement = operator(truth, generator)
-    start = time.perf_counter()
-    draws = model.sample_measurement(measurement, n, generator).cpu()
-    seconds = (time.perf_counter() - start) / len(measurement)
-    V = layout.num_vertices
-    real_truth, real_draws = truth[:, :V], draws[:, :, :V]
-    hidden = ~measurement.observed[:, :V]
-    return dict(
-        psnr_mean=float(psnr(real_draws.mean(0), real_truth, vertex_axes=2).mean()),
-        psnr_single=float(psnr(real_draws[0], real_truth, vertex_axes=2).mean()),
-        coverage_90_hidden=float(interval_coverage(real_draws, real_truth, 0.9, hidden, vertex_axes=2).mean()),
-        seconds_per_measurement=seconds, samples=n, measurements=len(measurement),
-    )
 
 
 def environment(device: str = "cpu") -> dict:

@@ -33,7 +33,7 @@ def setting():
     return train, test, model, oi, methods
 
 
-NAMES = ["dps", "mcg", "mmps", "pigdm", "diffpir", "oi", "gmm", "harmonic", "aps_n1", "aps_n128", "exact"]
+NAMES = ["dps", "mcg", "mmps", "pigdm", "diffpir", "oi", "gmm", "harmonic", "aps_base", "aps_n1", "aps_n128", "exact"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -81,7 +81,8 @@ def test_blind_sweep_scores_blind_and_known_samplers_at_each_rate(setting):
     blind = fit(MESH, train[..., 0], noise_std=0.05, prior=PRIOR, scale="smoke", iterations=2, progress=False, blind=True)
     rows = blind_sweep(LAYOUT, test[:4], blind, known, OPERATOR, oi, rates=(0.3, 0.6), log=lambda line: None)
     methods = {(row["method"], row["hidden_fraction"]) for row in rows}
-    assert methods == {(m, r) for m in ("aps_blind_n1", "aps_blind_n128", "aps_n1", "aps_n128", "oi") for r in (0.3, 0.6)}
+    assert methods == {(m, r) for m in ("aps_blind_n1", "aps_blind_n128", "aps_base", "aps_n1", "aps_n128", "oi")
+                       for r in (0.3, 0.6)}
     # the blind rows are scored on measurements that hide the stated fraction
     assert all(0 < row["psnr"] < 80 for row in rows)
 

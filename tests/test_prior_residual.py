@@ -6,7 +6,7 @@ import torch
 import manifold_aps as aps
 from manifold_aps.diffusion import VPSDE, exact_gaussian_prior
 from manifold_aps.diffusion.networks import build_network
-from manifold_aps.diffusion.residual import GaussianResidualNetwork, gaussian_residual_prior
+from manifold_aps.diffusion.training import gaussian_residual_prior
 from manifold_aps.diffusion.saving import load_prior, save_prior
 from manifold_aps.gaussian_posterior import fit_ppca
 from manifold_aps.signals import VertexLayout
@@ -85,9 +85,11 @@ def test_bad_arguments_are_named():
     layout = VertexLayout(MESH.num_vertices)
     gaussian = fit_ppca(_signals(50).reshape(50, -1), 5)
     with pytest.raises(ValueError, match="rank"):
-        GaussianResidualNetwork(layout, base="mlp", rank=6, gaussian=gaussian)
+        build_network("gaussian_residual", layout, base="mlp", base_config=dict(width=16, depth=1), rank=6,
+                      gaussian=gaussian)
     with pytest.raises(ValueError, match="start at zero"):
         build_network("gaussian_residual", layout, mesh=MESH, base="spectral", base_config=dict(num_modes=8), rank=5,
                       gaussian=gaussian)
     with pytest.raises(ValueError, match="correction_scale"):
-        GaussianResidualNetwork(layout, base="mlp", rank=5, correction_scale=0.0)
+        build_network("gaussian_residual", layout, base="mlp", base_config=dict(width=16, depth=1), rank=5,
+                      correction_scale=0.0)

@@ -121,7 +121,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
                   progress=progress, device=device)
     if test_signals is not None:
-        from manifold_aps.benchmark import evaluate_sampler
+        from manifold_aps.metrics import evaluate_sampler
 
         test = layout.unpad(layout.to_batch(test_signals)[0])
         model.report = evaluate_sampler(model, operator, test if normalizer is None else normalizer.normalize(test),

@@ -101,7 +101,7 @@ class DiffusionNetBlock(nn.Module):
 
 
 class DiffusionNet(NoiseNetwork):
-    """``ε_θ(x_t, t)``: per-vertex lift ``C → width``, ``depth`` :class:`DiffusionNetBlock` s, a
+    """``ε_θ(x_t, t)``: per-vertex lift ``C → width``, ``depth`` :class:`~manifold_aps.diffusion.mesh_networks.DiffusionNetBlock` s, a
     zero-initialised per-vertex projection back to ``C``.
 
     Args:

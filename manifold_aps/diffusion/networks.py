@@ -31,8 +31,7 @@ from manifold_aps.diffusion.residual import GaussianResidualNetwork
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.signals import VertexLayout
 
-__all__ = ["SinusoidalTimeEmbedding", "NoiseNetwork", "UNet1D", "ResidualMLP", "SpectralMLP", "DiffusionNet",
-           "GaussianResidualNetwork", "NETWORKS", "build_network"]
+__all__ = ["UNet1D", "ResidualMLP", "SpectralMLP", "NETWORKS", "build_network"]
 
 
 class _ResidualBlock1D(nn.Module):
@@ -264,12 +263,13 @@ class SpectralMLP(NoiseNetwork):
         return padded.reshape(batch, -1)
 
 
+#: the networks :func:`build_network` knows, by name
 NETWORKS = {network.name: network for network in (UNet1D, ResidualMLP, SpectralMLP, DiffusionNet,
                                                    GaussianResidualNetwork)}
 
 
 def build_network(name: str, layout: VertexLayout, mesh=None, sde: VPSDE | None = None, **config) -> NoiseNetwork:
-    """A noise network by name (a key of :data:`NETWORKS`) with its keyword ``config``.
+    """A noise network by name (a key of :data:`~manifold_aps.diffusion.networks.NETWORKS`) with its keyword ``config``.
 
     ``mesh`` is used by the mesh-aware networks (``uses_mesh``: Laplacian eigenvectors, gradients)
     and ignored by those that read the vector in file order; its vertex count must match the layout.
@@ -284,6 +284,11 @@ def build_network(name: str, layout: VertexLayout, mesh=None, sde: VPSDE | None 
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
     if mesh is not None and mesh.num_vertices != layout.num_vertices:
         raise ValueError(f"mesh has {mesh.num_vertices} vertices but the layout has {layout.num_vertices}")
+    if name == GaussianResidualNetwork.name:  # a combinator: its correction is built from the registry first
+        config = dict(config)
+        correction = build_network(config.pop("base", "mlp"), layout, mesh=mesh, sde=sde,
+                                   **(config.pop("base_config", None) or {}))
+        return GaussianResidualNetwork(layout, correction, sde=sde, **config)
     if getattr(NETWORKS[name], "uses_mesh", False):
         config = dict(config, mesh=mesh)
     return NETWORKS[name](layout, sde=sde, **config)

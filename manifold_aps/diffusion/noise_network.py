@@ -47,7 +47,7 @@ class NoiseNetwork(nn.Module):
     """Base class: checks shapes and applies the padding rule ``ε = x_t / σ_t`` off the real vertices.
 
     Subclasses implement :meth:`predict` ``(B, d), (B,) → (B, d)`` and keep their constructor
-    arguments in ``self.config`` (a dict of plain numbers) so :func:`build_network` can rebuild them
+    arguments in ``self.config`` (a dict of plain numbers) so :func:`~manifold_aps.diffusion.networks.build_network` can rebuild them
     from a checkpoint.
     """
 

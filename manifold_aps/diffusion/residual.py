@@ -40,17 +40,21 @@ from manifold_aps.diffusion.noise_network import NoiseNetwork
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.signals import VertexLayout
 
-__all__ = ["GaussianResidualNetwork", "gaussian_residual_prior"]
+__all__ = ["GaussianResidualNetwork"]
 
 
 class GaussianResidualNetwork(NoiseNetwork):
     """``ε_θ(x_t, t) = ε_G(x_t, t) − g(t) F_θ(c_in(t)(x_t − α_t μ), t)`` (see the module docstring).
 
+    Build it by name, ``build_network("gaussian_residual", layout, base="mlp", base_config={...},
+    rank=..., gaussian=...)``, which builds the correction ``F_θ`` first, or use
+    :func:`~manifold_aps.diffusion.training.gaussian_residual_prior`.
+
     Args:
         layout: signal layout.
-        mesh: passed to mesh-aware correction networks (``"spectral"``, ``"diffusion_net"``).
-        base: :func:`~manifold_aps.diffusion.networks.build_network` name of ``F_θ`` ("mlp").
-        base_config: its keyword config ({}).
+        correction: ``F_θ``, a network of :func:`~manifold_aps.diffusion.networks.build_network`
+            whose output starts at zero (its ``name`` and ``config`` are stored as ``base`` and
+            ``base_config``).
         rank: number of Gaussian directions ``k`` (256); fixes the buffer shapes.
         correction_scale: ``s`` (1.0, for data normalised to an O(1) range).
         gaussian: the :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` over the ``V · C``
@@ -59,14 +63,11 @@ class GaussianResidualNetwork(NoiseNetwork):
     """
 
     name = "gaussian_residual"
-    uses_mesh = True
 
-    def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, mesh=None, base: str = "mlp",
-                 base_config: dict | None = None, rank: int = 256, correction_scale: float = 1.0, gaussian=None):
+    def __init__(self, layout: VertexLayout, correction: NoiseNetwork, sde: VPSDE | None = None, rank: int = 256,
+                 correction_scale: float = 1.0, gaussian=None):
         super().__init__(layout, sde)
-        from manifold_aps.diffusion.networks import build_network  # networks.py registers this class
-
-        if base == self.name:
+        if correction.name == self.name:
             raise ValueError("the correction network cannot itself be a gaussian_residual network")
         if gaussian is not None:
             if gaussian.rank != rank:
@@ -76,11 +77,11 @@ class GaussianResidualNetwork(NoiseNetwork):
             self.gaussian = _empty_gaussian(layout.dim, rank, self.sde)
         if not correction_scale > 0:
             raise ValueError(f"correction_scale must be positive, got {correction_scale}")
-        self.correction = build_network(base, layout, mesh=mesh, sde=self.sde, **(base_config or {}))
-        if not getattr(self.correction, "output_starts_at_zero", False):
-            raise ValueError(f"the {base!r} network does not start at zero output; choose one that does")
+        if not getattr(correction, "output_starts_at_zero", False):
+            raise ValueError(f"the {correction.name!r} network does not start at zero output; choose one that does")
+        self.correction = correction
         _open_residual_blocks(self.correction)
-        self.config = dict(base=base, base_config=dict(self.correction.config), rank=rank,
+        self.config = dict(base=correction.name, base_config=dict(correction.config), rank=rank,
                            correction_scale=float(correction_scale))
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -113,30 +114,3 @@ def _empty_gaussian(dim: int, rank: int, sde: VPSDE) -> GaussianNoisePredictor:
     predictor.eigenvectors = torch.zeros(dim, rank, dtype=torch.float64)
     predictor.eigenvalues = torch.zeros(rank, dtype=torch.float64)
     return predictor
-
-
-def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, base: str = "mlp", rank: int = 256,
-                            mesh=None, sde: VPSDE | None = None, correction_scale: float = 1.0, **base_config):
-    """A :class:`~manifold_aps.diffusion.prior.DiffusionPrior` whose network is a Gaussian-residual
-    network around the PPCA Gaussian (``rank`` modes) of ``train_signals`` ``(N, V, C)`` (or
-    padded, ``(N, V_pad, C)``); ``base_config`` configures the correction network ``base``.
-
-    Example:
-        >>> from manifold_aps.tasks import load_task                        # doctest: +SKIP
-        >>> task = load_task("bunny_mnist")                                  # doctest: +SKIP
-        >>> prior = gaussian_residual_prior(task.train, VertexLayout(task.mesh.num_vertices),
-        ...                                 base="mlp", width=1024, depth=4)  # doctest: +SKIP
-    """
-    from manifold_aps.diffusion.prior import DiffusionPrior
-    from manifold_aps.gaussian_posterior import fit_ppca
-
-    if train_signals.dim() == 3 and train_signals.shape[1:] == (layout.padded_vertices, layout.num_channels):
-        train_signals = layout.unpad(train_signals)
-    if train_signals.dim() != 3 or train_signals.shape[1:] != (layout.num_vertices, layout.num_channels):
-        raise ValueError(f"train_signals must be (N, {layout.num_vertices}, {layout.num_channels}) or padded "
-                         f"(N, {layout.padded_vertices}, {layout.num_channels}), got {tuple(train_signals.shape)}")
-    sde = sde or VPSDE()
-    gaussian = fit_ppca(train_signals.reshape(train_signals.shape[0], -1), rank)
-    network = GaussianResidualNetwork(layout, sde, mesh=mesh, base=base, base_config=base_config, rank=rank,
-                                      correction_scale=correction_scale, gaussian=gaussian)
-    return DiffusionPrior(network, layout, sde)

@@ -8,7 +8,8 @@ on padded batches whose padding entries are zero (the networks predict those exa
 DDPM; the likelihood-weighted (importance-sampled) objective is the ELBO of :mod:`.elbo`.
 
 Presets (:func:`prior_training_config`) come from the one scale table, :mod:`manifold_aps.scales`.
-:func:`train_default_prior` is the prior :func:`~manifold_aps.aps.fit` trains when none is given.
+:func:`gaussian_residual_prior` builds a Gaussian-residual prior around the PPCA Gaussian of the
+training signals; :func:`train_default_prior` is the prior :func:`~manifold_aps.aps.fit` trains when none is given.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ import torch
 
 from manifold_aps.diffusion.networks import build_network
 from manifold_aps.diffusion.prior import DiffusionPrior
+from manifold_aps.diffusion.residual import GaussianResidualNetwork
 from manifold_aps.diffusion.saving import describe_prior
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.scales import PAPER_PRIOR_ITERATIONS, preset
+from manifold_aps.gaussian_posterior import fit_ppca
+from manifold_aps.signals import VertexLayout
 from manifold_aps.trainer import TrainingConfig, TrainingResult, train
 
-__all__ = ["denoising_score_matching_loss", "prior_training_config", "train_prior", "train_default_prior"]
+__all__ = ["denoising_score_matching_loss", "prior_training_config", "train_prior", "train_default_prior",
+           "gaussian_residual_prior"]
 
 
 def prior_training_config(scale: str = "cpu", task: str = "bunny", **overrides) -> TrainingConfig:
@@ -123,3 +128,27 @@ def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device=
     config = prior_training_config(scale, seed=seed, device=str(device), progress=progress)
     train_prior(prior, complete, config, None if checkpoint_path is None else Path(checkpoint_path))
     return prior.freeze()
+
+
+def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, base: str = "mlp", rank: int = 256,
+                            mesh=None, sde: VPSDE | None = None, correction_scale: float = 1.0, **base_config):
+    """A :class:`~manifold_aps.diffusion.prior.DiffusionPrior` whose network is a Gaussian-residual
+    network around the PPCA Gaussian (``rank`` modes) of ``train_signals`` ``(N, V, C)`` (or
+    padded, ``(N, V_pad, C)``); ``base_config`` configures the correction network ``base``.
+
+    Example:
+        >>> from manifold_aps.tasks import load_task                        # doctest: +SKIP
+        >>> task = load_task("bunny_mnist")                                  # doctest: +SKIP
+        >>> prior = gaussian_residual_prior(task.train, VertexLayout(task.mesh.num_vertices),
+        ...                                 base="mlp", width=1024, depth=4)  # doctest: +SKIP
+    """
+    if train_signals.dim() == 3 and train_signals.shape[1:] == (layout.padded_vertices, layout.num_channels):
+        train_signals = layout.unpad(train_signals)
+    if train_signals.dim() != 3 or train_signals.shape[1:] != (layout.num_vertices, layout.num_channels):
+        raise ValueError(f"train_signals must be (N, {layout.num_vertices}, {layout.num_channels}) or padded "
+                         f"(N, {layout.padded_vertices}, {layout.num_channels}), got {tuple(train_signals.shape)}")
+    sde = sde or VPSDE()
+    gaussian = fit_ppca(train_signals.reshape(train_signals.shape[0], -1), rank)
+    network = build_network(GaussianResidualNetwork.name, layout, mesh=mesh, sde=sde, base=base, base_config=base_config,
+                            rank=rank, correction_scale=correction_scale, gaussian=gaussian)
+    return DiffusionPrior(network, layout, sde)
