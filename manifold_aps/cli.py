@@ -237,7 +237,7 @@ def cmd_fit(args) -> int:
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
                 gaussian_base=not args.no_gaussian_base, base_rank=args.base_rank,
-                checkpoint_dir=Path(args.output).with_suffix(".checkpoints"), **overrides)
+                checkpoint_dir=Path(args.output).with_suffix(".checkpoints"), resume=not args.fresh, **overrides)
     model.report["train_seconds"] = time.perf_counter() - started  # APS only (with the base), or prior + APS
     model.save(args.output)
     print(json.dumps({"output": args.output, "report": model.report}, default=str))
@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument("--base-rank", type=int, default=64,
                          help="largest rank of the Gaussian (optimal-interpolation) base of the flow")
     fitting.add_argument("--no-gaussian-base", action="store_true", help="train the flow from z alone (as the paper)")
+    fitting.add_argument("--fresh", action="store_true",
+                         help="start afresh, overwriting the checkpoints beside --output (by default an interrupted run "
+                              "resumes, and a run with other data or settings is refused)")
     fitting.add_argument("--limit", type=int)
     fitting.add_argument("--output", required=True)
     fitting.add_argument("--device", default="auto")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from manifold_aps.checkpoint import CheckpointError
 from manifold_aps.cli import main
 
 
@@ -72,6 +73,34 @@ def test_fit_then_sample_on_user_files(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         main(["sample", "--model", str(tmp_path / "aps.pt"), "--input", str(tmp_path / "missing.npz"), "--output", "x.npz"])
+
+    # the same --output with other signals: the old run's checkpoints are refused, never reused
+    np.savez(tmp_path / "other.npz", signals=field.sample(40).numpy())
+    refit = ["fit", "--mesh", str(tmp_path / "mesh.obj"), "--signals", str(tmp_path / "other.npz"), "--scale", "smoke",
+             "--iterations", "5", "--mask-rate", "0.5", "--output", str(tmp_path / "aps.pt")]
+    before = (tmp_path / "aps.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="belongs to another run.*training data"):
+        main(refit)
+    assert (tmp_path / "aps.pt").read_bytes() == before  # the saved model is untouched
+    assert main(refit + ["--fresh"]) == 0  # asked for, a fresh run overwrites the checkpoints
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--mesh", "m.ply", "--output", "x.pt"], "fit needs --task, or both --mesh and --signals"),
+    (["fit", "--task", "era5_proxy", "--output", "x.pt", "--threads", "-1"], "--threads: expected a positive integer"),
+    (["fit", "--task", "era5_proxy", "--output", "x.pt", "--device", "nonsense"], "'nonsense' is not a device"),
+])
+def test_bad_command_lines_exit_2_with_one_line_naming_the_option(argv, message):
+    result = subprocess.run([sys.executable, "-m", "manifold_aps.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_file_values_are_checked_against_the_option(tmp_path):
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps({"n_steps": "many"}))
+    result = subprocess.run([sys.executable, "-m", "manifold_aps.cli", "fit", "--task", "era5_proxy", "--output", "x.pt",
+                             "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "option 'n_steps' in config file" in result.stderr and "'many'" in result.stderr
 
 
 def test_sample_writes_cf_netcdf_in_the_callers_units_and_grid(tmp_path, capsys):

@@ -113,6 +113,7 @@ def test_bad_mesh_files_are_named(tmp_path, name, content, error, message):
     (with_values((2, 5), -np.inf), {}, ValueError, "±inf"),
     (with_values(1, np.nan), {}, ValueError, r"signal\(s\) \[1\] are all NaN"),
     (np.full((8, V), np.nan), {}, ValueError, "all NaN"),
+    (np.full((8, V), 0.5), {}, ValueError, r"the signals are constant \(every value is 0\.5\)"),
     (signals(), dict(mask_rate=1.0), ValueError, r"mask_rate \(the hidden fraction\) must be in \[0, 1\)"),
     (signals(), dict(mask_rate=-0.1), ValueError, r"mask_rate \(the hidden fraction\) must be in \[0, 1\)"),
     (signals(), dict(mask_rate=float("nan")), ValueError, r"mask_rate \(the hidden fraction\) must be in \[0, 1\)"),

@@ -25,7 +25,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         flow: str = "realnvp", scale: str = "cpu", device="auto", blind: bool = False,
         hidden_range: tuple[float, float] = (0.3, 0.6), test_signals=None, checkpoint_dir=None, seed: int = 0,
         progress: bool = True, gaussian_base: bool = True, base_rank: int = 64, normalizer="auto",
-        **overrides) -> AmortizedPosteriorSampler:
+        resume: bool = True, **overrides) -> AmortizedPosteriorSampler:
     """Fit an amortized posterior sampler for random vertex masking on ``mesh``.
 
     A short tutorial::
@@ -65,7 +65,10 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         base_rank: the largest rank of the fitted Gaussian; its posterior is then kept exactly
             (memory: ``(2 + rank) · V · C`` floats per training signal).
         checkpoint_dir: where to keep resumable training checkpoints (``prior.pt``, ``aps.pt``); a
-            run whose data or configuration differ from the checkpoints' refuses to resume.
+            run whose data or configuration differ from the checkpoints' refuses to resume
+            (:class:`~manifold_aps.checkpoint.CheckpointError`) unless ``resume=False``.
+        resume: continue from the checkpoints in ``checkpoint_dir`` (default), or start afresh and
+            overwrite them.
         normalizer: how physical values map to the model's: ``"auto"`` learns a min-max
             :class:`~manifold_aps.signals.MinMaxNormalizer` when the signals carry units (a DataArray
             with a ``units`` attribute) and otherwise uses the values as given (normalise them to
@@ -106,7 +109,8 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
             from manifold_aps.diffusion.training import train_default_prior
 
             prior = train_default_prior(layout, mesh, batch, scale, device,
-                                        None if checkpoint_dir is None else checkpoint_dir / "prior.pt", seed, progress)
+                                        None if checkpoint_dir is None else checkpoint_dir / "prior.pt", seed, progress,
+                                        resume)
         elif prior.layout.num_vertices != layout.num_vertices or prior.layout.num_channels != layout.num_channels:
             raise ValueError(f"the prior is for {prior.layout.num_vertices} vertices × {prior.layout.num_channels} "
                              f"channels, the signals have {layout.num_vertices} × {layout.num_channels}")
@@ -119,7 +123,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         model = AmortizedPosteriorSampler(flow_model, prior.cpu(), operator, num_times=config.num_times, base=base,
                                           normalizer=normalizer)
         train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
-                  progress=progress, device=device)
+                  resume=resume, progress=progress, device=device)
     if test_signals is not None:
         from manifold_aps.metrics import evaluate_sampler
 

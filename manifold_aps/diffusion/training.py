@@ -109,7 +109,7 @@ def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfi
 
 
 def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device="auto", checkpoint_path=None,
-                        seed: int = 0, progress: bool = True) -> DiffusionPrior:
+                        seed: int = 0, progress: bool = True, resume: bool = True) -> DiffusionPrior:
     """The prior :func:`~manifold_aps.aps.fit` trains when none is given: the ``scale`` network preset
     (an ``mlp``) fitted to the complete rows of the padded ``signals`` ``(N, V_pad, C)``.
 
@@ -126,7 +126,7 @@ def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device=
                       f"left out of prior training (APS training still uses their observed vertices)", stacklevel=3)
     prior = DiffusionPrior(build_network("mlp", layout, mesh, **preset(scale, "prior_network")), layout)
     config = prior_training_config(scale, seed=seed, device=str(device), progress=progress)
-    train_prior(prior, complete, config, None if checkpoint_path is None else Path(checkpoint_path))
+    train_prior(prior, complete, config, None if checkpoint_path is None else Path(checkpoint_path), resume=resume)
     return prior.freeze()
 
 
