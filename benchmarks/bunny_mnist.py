@@ -3,7 +3,7 @@
 Trains (or loads with --from-checkpoint) the prior and APS, fits optimal interpolation and a
 mixture of PPCA, tunes the zero-shot samplers (DPS, MCG, MMPS, ΠGDM, DiffPIR; same prior as APS)
 on validation measurements, then scores every method on the same fixed-seed measurements of the
-test split (:mod:`manifold_aps.benchmark`; budgets per scale in ``BUDGETS``).
+test split (:mod:`manifold_aps.benchmark`; budgets per scale in :mod:`manifold_aps.scales`).
 
     python benchmarks/bunny_mnist.py --scale smoke --from-checkpoint pretrained --threads 1
     python benchmarks/bunny_mnist.py --scale cpu --from-checkpoint pretrained --threads 1

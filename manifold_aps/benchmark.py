@@ -41,21 +41,8 @@ from manifold_aps.scales import SCALES, preset
 from manifold_aps.signals import VertexLayout, latlon_grid
 from manifold_aps.zero_shot import sample_diffpir, sample_dps, sample_mcg, sample_mmps, sample_pigdm
 
-__all__ = ["BUDGETS", "score", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
+__all__ = ["score", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
            "blind_sweep", "environment", "write_results"]
-
-#: per scale: test measurements, zero-shot steps and draws per test measurement (≥ 32 for
-#: coverage/CRPS), validation measurements and draws for :func:`tune`, the mixture-of-PPCA grid
-#: and its training-signal cap. ``cpu``: both tasks' scripts fit in about an hour on one thread.
-BUDGETS = {
-    "smoke": dict(n_measurements=4, diffusion_steps=20, diffusion_samples=32, tune_measurements=2, tune_samples=2,
-                  gmm_components=(2,), gmm_ranks=(8,), gmm_train=256),
-    "cpu": dict(n_measurements=16, diffusion_steps=200, diffusion_samples=32, tune_measurements=6, tune_samples=2,
-                gmm_components=(2, 4, 8), gmm_ranks=(16, 32, 64), gmm_train=4000),
-    "paper": dict(n_measurements=128, diffusion_steps=1000, diffusion_samples=32, tune_measurements=16,
-                  tune_samples=4, gmm_components=(2, 4, 8), gmm_ranks=(16, 32, 64), gmm_train=None),
-}
-
 
 def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, grid_shape=None, samples=None) -> dict:
     """Per-method metrics, averaged over measurements. Tensors are unpadded ``(N, V, C)``;
@@ -265,14 +252,14 @@ def add_arguments(parser) -> None:
                         help="load <task>_prior_<scale>.pt and <task>_aps_<scale>.pt from DIR instead of training; "
                              "'pretrained' loads the models shipped in manifold_aps.pretrained")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="where trained models are written")
-    parser.add_argument("--n-measurements", type=int, default=None, help="test measurements (default: BUDGETS)")
-    parser.add_argument("--diffusion-steps", type=int, default=None, help="zero-shot sampler steps (default: BUDGETS)")
+    parser.add_argument("--n-measurements", type=int, default=None, help="test measurements (default: the scale preset)")
+    parser.add_argument("--diffusion-steps", type=int, default=None, help="zero-shot sampler steps (default: the scale preset)")
     parser.add_argument("--diffusion-samples", type=int, default=None,
-                        help="zero-shot draws per test measurement (default: BUDGETS; ≥ 32 for coverage/CRPS)")
+                        help="zero-shot draws per test measurement (default: the scale preset; ≥ 32 for coverage/CRPS)")
     parser.add_argument("--tune-measurements", type=int, default=None,
-                        help="validation measurements for tuning the zero-shot knobs (default: BUDGETS)")
+                        help="validation measurements for tuning the zero-shot knobs (default: the scale preset)")
     parser.add_argument("--tune-samples", type=int, default=None,
-                        help="zero-shot draws per validation measurement when tuning (default: BUDGETS)")
+                        help="zero-shot draws per validation measurement when tuning (default: the scale preset)")
     parser.add_argument("--methods", default="dps,mcg,mmps,pigdm,diffpir,oi,gmm,harmonic,aps,blind",
                         help="comma-separated; 'blind' runs the blind sweep when --from-checkpoint DIR holds "
                              "<task>_blind_aps_<scale>.pt")
@@ -328,8 +315,9 @@ def _blind_model(task, args):
 
 
 def _budget(args) -> dict:
-    """:data:`BUDGETS` of ``args.scale``, overridden by the command line."""
-    budget = dict(BUDGETS[args.scale])
+    """The ``benchmark`` preset of ``args.scale`` (:mod:`manifold_aps.scales`), overridden by the
+    command line."""
+    budget = preset(args.scale, "benchmark")
     for key in ("n_measurements", "diffusion_steps", "diffusion_samples", "tune_measurements", "tune_samples"):
         if getattr(args, key, None) is not None:
             budget[key] = getattr(args, key)
@@ -363,7 +351,7 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
     ``notes`` list, if any, starts the file's notes).
     """
     torch.set_num_threads(args.threads)
-    defaults, budget = preset(args.scale, "benchmark"), _budget(args)
+    defaults = budget = _budget(args)
     if model is None:
         prior, model, train_seconds = train_or_load(task, args, log=log)
     layout, operator = model.layout, task.operator

@@ -1,10 +1,10 @@
 """A mixture of probabilistic PCA (Tipping & Bishop 1999) fitted by EM, and its selection on validation.
 
-The prior over flattened complete signals ``x`` ``(D,)`` is
+The prior over flattened complete signals ``x`` ``(D,)`` is::
 
-    p(x) = Σ_k π_k N(x; μ_k, Φ_k diag(s_k) Φ_kᵀ + τ_k² I),   Φ_k ``(D, q)`` orthonormal,
+    p(x) = Σ_k π_k N(x; μ_k, Φ_k diag(s_k) Φ_kᵀ + τ_k² I),   Φ_k (D × q) orthonormal,
 
-fitted by expectation-maximisation:
+fitted by expectation-maximisation::
 
     E-step   r_nk = π_k N(x_n; μ_k, Σ_k) / Σ_j π_j N(x_n; μ_j, Σ_j),
     M-step   π_k = N_k / N,  μ_k = Σ_n r_nk x_n / N_k,  S_k = Σ_n r_nk (x_n − μ_k)(x_n − μ_k)ᵀ / N_k,

@@ -12,8 +12,11 @@ Each scale holds, per stage:
   warm-up 5000, clipping 1 and EMA 0.9999 are the score_sde defaults the paper inherits);
 - ``aps``: :class:`~manifold_aps.aps.APSConfig` fields (``paper``: K = 24 coupling steps, batch
   64, lr 1e-5, 315k iterations as for ERA5 — use ``iterations=1_500_000`` for Bunny-MNIST);
-- ``benchmark``: test measurements, DPS/MCG steps, the training-split cap and the shortened
-  training budgets of the benchmark scripts (None: the stage's own preset).
+- ``benchmark``: test measurements; steps and draws per test measurement of every zero-shot
+  sampler (≥ 32 draws for coverage/CRPS); validation measurements and draws for tuning their
+  knobs; the mixture-of-PPCA grid and training-signal cap; the training-split cap and the
+  shortened training budgets of the benchmark scripts (None: the stage's own preset). ``cpu``:
+  both tasks' scripts fit in about an hour on one thread.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ PRESETS = {
         prior_training=dict(iterations=20, batch_size=16, learning_rate=1e-3, ema_decay=0.9, checkpoint_every=10),
         aps=dict(iterations=400, batch_size=32, learning_rate=2e-3, warmup_iterations=20, ema_decay=0.9,
                  checkpoint_every=200, flow_depth=3, hidden=64),
-        benchmark=dict(n_measurements=4, diffusion_steps=50, limit=256, prior_iterations=200, aps_iterations=100),
+        benchmark=dict(n_measurements=4, diffusion_steps=20, diffusion_samples=32, tune_measurements=2, tune_samples=2,
+                       gmm_components=(2,), gmm_ranks=(8,), gmm_train=256, limit=256, prior_iterations=200,
+                       aps_iterations=100),
     ),
     "cpu": dict(
         prior_network=dict(width=512, depth=4),
@@ -38,7 +43,9 @@ PRESETS = {
                             checkpoint_every=500),
         aps=dict(iterations=4000, batch_size=64, learning_rate=5e-4, warmup_iterations=100, ema_decay=0.99,
                  checkpoint_every=500, flow_depth=8, hidden=256),
-        benchmark=dict(n_measurements=32, diffusion_steps=1000, limit=None, prior_iterations=None, aps_iterations=None),
+        benchmark=dict(n_measurements=16, diffusion_steps=200, diffusion_samples=32, tune_measurements=6, tune_samples=2,
+                       gmm_components=(2, 4, 8), gmm_ranks=(16, 32, 64), gmm_train=4000, limit=None,
+                       prior_iterations=None, aps_iterations=None),
     ),
     "paper": dict(
         prior_network=dict(width=512, depth=4),
@@ -46,8 +53,9 @@ PRESETS = {
                             checkpoint_every=5000),
         aps=dict(iterations=315_000, batch_size=64, learning_rate=1e-5, warmup_iterations=0, ema_decay=0.999,
                  checkpoint_every=5000, flow_depth=24, hidden=256),
-        benchmark=dict(n_measurements=128, diffusion_steps=1000, limit=None, prior_iterations=None,
-                       aps_iterations=None),
+        benchmark=dict(n_measurements=128, diffusion_steps=1000, diffusion_samples=32, tune_measurements=16,
+                       tune_samples=4, gmm_components=(2, 4, 8), gmm_ranks=(16, 32, 64), gmm_train=None, limit=None,
+                       prior_iterations=None, aps_iterations=None),
     ),
 }
 

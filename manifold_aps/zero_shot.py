@@ -297,20 +297,31 @@ def _dps_guide(prior, step_size: float):
 
 
 def _conjugate_gradient(apply: Callable, rhs: torch.Tensor, iterations: int) -> torch.Tensor:
-    """``iterations`` conjugate-gradient steps on ``apply(v) = rhs`` per row, from ``v = 0``
-    (``apply`` symmetric positive definite on the span of ``rhs``); sums in float64."""
-    tiny = torch.finfo(torch.float64).tiny
+    """``iterations`` conjugate-gradient steps on ``apply(v) = rhs`` per row, from ``v = 0``; sums
+    in float64.
+
+    Exact for a symmetric positive definite ``apply``. A trained network's Jacobian need not be
+    either, so a row whose search direction meets non-positive curvature (``dᵀ A d ≤ 0``) stops
+    there and keeps its iterate (truncated CG, as in Steihaug's method): without this a direction
+    with ``dᵀ A d`` near 0 gives an unbounded step and the sampler diverges."""
     solution = torch.zeros_like(rhs, dtype=torch.float64)
     residual = rhs.double()
     direction = residual
     residual_square = (residual * residual).sum(dim=1, keepdim=True)
+    active = residual_square > 0
     for _ in range(iterations):
         image = apply(direction.to(rhs.dtype)).double()
-        step = residual_square / (direction * image).sum(dim=1, keepdim=True).clamp_min(tiny)
+        curvature = (direction * image).sum(dim=1, keepdim=True)
+        active = active & (curvature > 0)
+        step = torch.where(active, residual_square / torch.where(active, curvature, torch.ones_like(curvature)),
+                           torch.zeros_like(curvature))
         solution = solution + step * direction
         residual = residual - step * image
         new_square = (residual * residual).sum(dim=1, keepdim=True)
-        direction = residual + new_square / residual_square.clamp_min(tiny) * direction
+        active = active & (new_square > 0)
+        ratio = torch.where(active, new_square / torch.where(active, residual_square, torch.ones_like(residual_square)),
+                            torch.zeros_like(new_square))
+        direction = residual + ratio * direction
         residual_square = new_square
     return solution.to(rhs.dtype)
 

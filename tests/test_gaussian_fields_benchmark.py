@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gaussian_fields.py"
-METHODS = {"aps_n1", "aps_n128", "dps", "mcg", "harmonic", "oi", "exact"}
+METHODS = {"aps_base", "aps_n1", "aps_n128", "dps", "mcg", "mmps", "pigdm", "diffpir", "harmonic", "oi", "gmm", "exact"}
 TOP_LEVEL = {"task", "scale", "data", "machine", "device", "threads", "date", "commit", "train_seconds", "rows"}
 
 

@@ -217,3 +217,17 @@ def test_rejects_mismatched_shapes_and_bad_settings(problem, method):
     for value in bad_values:
         with pytest.raises(ValueError, match=knob):
             sampler(prior, measurement, operator, diffusion_steps=2, **{knob: value})
+
+
+def test_conjugate_gradient_stops_at_non_positive_curvature():
+    """A trained network's Jacobian need not be positive definite: CG must not take the unbounded
+    step a direction with ``dᵀ A d ≈ 0`` asks for (MMPS diverged on the shipped priors without this)."""
+    from manifold_aps.zero_shot import _conjugate_gradient
+
+    spd = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    rhs = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    torch.testing.assert_close(_conjugate_gradient(lambda v: v @ spd, rhs, 2), torch.linalg.solve(spd, rhs[0])[None])
+    indefinite = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    rhs = torch.tensor([[1.0, 1.0]], dtype=torch.float64)  # dᵀ A d = 0 on the first direction
+    solution = _conjugate_gradient(lambda v: v @ indefinite, rhs, 3)
+    assert torch.isfinite(solution).all() and solution.abs().max() <= 1.0
