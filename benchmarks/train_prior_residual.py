@@ -37,6 +37,8 @@ def main():
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--time-power", type=float, default=1.0,
+                        help="t = eps + (1 - eps) u^p: p > 1 trains more on small t (default 1: uniform)")
     parser.add_argument("--checkpoint", required=True, type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,7 +61,8 @@ def main():
         if step % 100 == 0:
             print(f"step {step} loss {float(loss):.5f} {time.strftime('%H:%M:%S')}", flush=True)
 
-    train_prior(prior, layout.pad(task.train), config, checkpoint_path=args.checkpoint, callback=report)
+    train_prior(prior, layout.pad(task.train), config, checkpoint_path=args.checkpoint, callback=report,
+                time_power=args.time_power)
     final = args.checkpoint.with_name(args.checkpoint.stem + "_prior.pt")
     save_prior(final, prior.eval(), task.normalizer)
     print(f"wrote {final}", flush=True)

@@ -52,29 +52,36 @@ def prior_training_config(scale: str = "cpu", task: str = "bunny", **overrides) 
 
 
 def denoising_score_matching_loss(noise_predictor: Callable, x0: torch.Tensor,
-                                  generator: torch.Generator | None = None, sde: VPSDE | None = None) -> torch.Tensor:
-    """Mean over the batch of ``‖ε_θ(x_t, t) − e‖² / d``, ``t ~ U[ε, 1]`` (a scalar).
+                                  generator: torch.Generator | None = None, sde: VPSDE | None = None,
+                                  time_power: float = 1.0) -> torch.Tensor:
+    """Mean over the batch of ``‖ε_θ(x_t, t) − e‖² / d``, ``t = ε + (1 − ε) u^p``, ``u ~ U[0, 1]``
+    (a scalar). ``p = time_power`` = 1 is DDPM's uniform ``t``; ``p > 1`` spends more of the
+    training on small ``t`` (density ∝ ``(t − ε)^{1/p − 1}``), where a Gaussian-residual prior has
+    the most to learn.
 
-    The signature is the trainer's ``loss_fn(model, batch, generator)``.
+    The signature (with the defaults) is the trainer's ``loss_fn(model, batch, generator)``.
     """
     if x0.dim() != 2:
         raise ValueError(f"x0 must be a batch of vectors (B, d), got {tuple(x0.shape)}")
     sde = sde or VPSDE()
     batch = x0.shape[0]
-    times = sde.eps + (1.0 - sde.eps) * torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype)
+    uniform = torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype)
+    times = sde.eps + (1.0 - sde.eps) * (uniform if time_power == 1.0 else uniform**time_power)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     residual = noise_predictor(sde.perturb(x0, times, noise), times) - noise
     return residual.pow(2).mean()
 
 
 def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfig, checkpoint_path=None,
-                resume: bool = True, use_ema: bool = True, callback: Callable | None = None) -> TrainingResult:
+                resume: bool = True, use_ema: bool = True, callback: Callable | None = None,
+                time_power: float = 1.0) -> TrainingResult:
     """Fit ``prior.network`` to ``data`` by denoising score matching; returns the trainer's result.
 
     Arguments:
         data: padded training signals ``(N, V_pad, C)`` or flattened ``(N, d)``, zero on padding
             (normalise them first, e.g. to [0, 1]).
         use_ema: leave the EMA weights in ``prior`` at the end (what sampling and APS should use).
+        time_power: ``p`` of :func:`denoising_score_matching_loss`'s time draw (1: uniform).
 
     Checkpoints store the prior's description, so :func:`~manifold_aps.diffusion.saving.load_prior`
     can rebuild the prior from a training checkpoint too.
@@ -99,10 +106,10 @@ def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfi
     sde = prior.sde
 
     def loss_fn(model, batch, generator):
-        return denoising_score_matching_loss(model, batch, generator, sde)
+        return denoising_score_matching_loss(model, batch, generator, sde, time_power)
 
     result = train(prior, loss_fn, data, config, checkpoint_path=checkpoint_path, resume=resume,
-                   metadata={"prior": describe_prior(prior)}, callback=callback)
+                   metadata={"prior": describe_prior(prior)} | ({} if time_power == 1.0 else {"time_power": time_power}), callback=callback)
     if use_ema:
         result.ema.copy_to(prior)
     return result
