@@ -56,7 +56,7 @@ APS samplers are not saved: an APS file stores its prior, and only trained netwo
 Gaussians can be stored.
 
     python benchmarks/gaussian_mixture.py --mesh sphere4 --scale smoke --threads 1
-    MANIFOLD_APS_DATA=/work/shared/data python benchmarks/gaussian_mixture.py --mesh bunny --scale smoke --threads 1
+    MANIFOLD_APS_DATA=../shared/data python benchmarks/gaussian_mixture.py --mesh bunny --scale smoke --threads 1
     python benchmarks/gaussian_mixture.py --mesh sphere4 --scale cpu --threads 1
 """
 

@@ -164,8 +164,8 @@ def main(argv=None):
             x_T = torch.randn(args.samples, layout.dim, generator=generator)
             drawn = sample_ancestral(prior, x_T, generator=generator, diffusion_steps=args.sample_steps).sample
         sample_rows[label] = layout.unpad(layout.unflatten(drawn))[..., 0]
-    figures = dict(ratio=str(plot_ratios(ratios, Path(f"{stem}_ratio.png"), f"{args.task}: denoising MSE ratio")),
-                   samples=str(render_rows(task, sample_rows, Path(f"{stem}_samples.png"))))
+    figures = dict(ratio=plot_ratios(ratios, Path(f"{stem}_ratio.png"), f"{args.task}: denoising MSE ratio").name,
+                   samples=render_rows(task, sample_rows, Path(f"{stem}_samples.png")).name)  # beside the results file
     results["figures"] = figures
 
     Path(f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")

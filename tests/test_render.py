@@ -7,8 +7,6 @@ import pytest
 
 import manifold_aps as aps
 from manifold_aps.render import plot_healpix, plot_latlon_fields, render_posterior
-from manifold_aps.data import registry
-from manifold_aps.data.registry import PACKAGED_ROOT
 from manifold_aps.render.maps import use_registry_coastlines
 
 
@@ -33,27 +31,9 @@ def test_coastlines_come_from_the_data_mirror(mirror):
     assert cartopy.config["pre_existing_data_dir"] == str(mirror / "natural_earth")
 
 
-def test_coastlines_resolve_offline_without_a_mirror(tmp_path, monkeypatch, no_network):
-    import cartopy
-    import cartopy.io.shapereader as shapereader
-
-    monkeypatch.delenv("MANIFOLD_APS_DATA", raising=False)
-    monkeypatch.setenv("MANIFOLD_APS_CACHE", str(tmp_path / "empty_cache"))
-    monkeypatch.setitem(cartopy.config, "data_dir", str(tmp_path / "empty_cartopy"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "without coastlines" warning
-        path = plot_latlon_fields({"truth": np.zeros(84)}, np.linspace(90, -90, 7), np.arange(12) * 30.0,
-                                  tmp_path / "m.png")
-    assert path.is_file()
-    assert cartopy.config["pre_existing_data_dir"] == str(PACKAGED_ROOT / "natural_earth")
-    coastline = shapereader.natural_earth(resolution="110m", category="physical", name="coastline")
-    assert len(list(shapereader.Reader(coastline).geometries())) == 134  # Natural Earth v4.1.0
-
-
 def test_map_without_any_coastline_copy_warns_and_still_renders(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("MANIFOLD_APS_DATA", str(tmp_path / "empty_mirror"))
     monkeypatch.setenv("MANIFOLD_APS_CACHE", str(tmp_path / "empty_cache"))
-    monkeypatch.setattr(registry, "PACKAGED_ROOT", tmp_path / "package_without_data")
     field = np.cos(np.deg2rad(aps.latlon_sphere(30.0).latitude.numpy()))
     with pytest.warns(UserWarning, match="without coastlines"):
         path = plot_latlon_fields({"truth": field}, np.linspace(90, -90, 7), np.arange(12) * 30.0, tmp_path / "m.png")

