@@ -3,8 +3,9 @@
 (``manifold_aps.pretrained.load_sampler("bunny_mnist")`` and its ``.prior``), one thread.
 
 Per test measurement (one at a time, batch 1): APS ``sample_measurement(m, N)`` end to end, the
-Gaussian base's per-measurement solve (``base_root``) on its own (and the general
-``LowRankGaussian.posterior_root`` it replaces), and the flow's share (the rest).
+Gaussian base's per-measurement solve (``base_root``, the every-direction solve) on its own (and
+the general solve, which ``LowRankGaussian.posterior_root`` uses with one direction fewer), and
+the flow's share (the rest).
 DPS and MMPS: the first ``--timed-steps`` steps of the 1000-step grid are timed and the cost
 extrapolated linearly to the full grid (every step does the same work); with ``--full`` one full
 1000-step run per method is timed as well. Medians over the measurements.
@@ -76,9 +77,9 @@ def main():
             rows["aps_n128"].append(seconds(lambda: model.sample_measurement(m, 128, generator), args.repeats))
             rows["aps_n1"].append(seconds(lambda: model.sample_measurement(m, 1, generator), args.repeats))
             rows["base_root"].append(seconds(lambda: model.base_root(m), args.repeats))
-            y, observed = m.real_entries(layout.num_vertices)  # the general solve the fast one replaces
+            y, observed = m.real_entries(layout.num_vertices)  # one direction fewer: the general solve
             rows["base_root_library"].append(seconds(
-                lambda: model.base.posterior_root(y, observed, model.noise_std, model.base_rank), args.repeats))
+                lambda: model.base.posterior_root(y, observed, model.noise_std, model.base_rank - 1), args.repeats))
         grid = time_grid(DIFFUSION_STEPS, prior.sde.eps)[: args.timed_steps + 1]
         for name, sampler in SAMPLERS.items():
             rows[f"{name}_step"].append(seconds(lambda: sampler(prior, m, operator, times=grid, generator=generator))
@@ -138,7 +139,7 @@ def markdown(results: dict) -> str:
              f"| MMPS, 1000 steps (3 CG steps) | | {per_sample['mmps']:.4g} |", "",
              f"Gaussian base solve (`base_root`): {per_measurement['base_root']:.3g} s per measurement alone, "
              f"{per_measurement['base_root_batched']:.3g} s per measurement in a batch of {results['measurements']} "
-             f"(`LowRankGaussian.posterior_root`, which it replaces when every direction is kept: "
+             f"(the general solve, `LowRankGaussian.posterior_root` with one direction fewer: "
              f"{per_measurement['base_root_library']:.3g} s); "
              f"the flow's share: {per_measurement['aps_n128_flow']:.3g} s (N = 128), "
              f"{per_measurement['aps_n1_flow']:.3g} s (N = 1).", "",

@@ -24,6 +24,7 @@ vertex signals, and :func:`fit_gaussian_base` is the rank selection of
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -190,14 +191,30 @@ class LowRankGaussian:
 
     def posterior_root(self, y, observed, noise_std: float, rank: int) -> GaussianRoot:
         """The exact posterior (as :meth:`posterior`, ``(B, D)`` inputs) in :class:`GaussianRoot`
-        form with the ``rank`` leading directions of its low-rank part (marginals exact)."""
-        roots = [square_root(mean, factor, diagonal, rank)
-                 for mean, diagonal, factor in self._parts_in_blocks(y, observed, noise_std)]
+        form with the ``rank`` leading directions of its low-rank part (marginals exact).
+
+        With every direction kept (``rank ≥`` :attr:`rank`) and ``τ² > 0`` the cheaper exact solve
+        :func:`posterior_root_every_direction` is used (the same root up to rounding and the signs
+        of the directions)."""
+        y, observed, noise_variance = self._checked(y, observed, noise_std)
+        starts = range(0, y.shape[0], self.BLOCK)
+        if rank >= self.rank and self.nugget_variance > 0:
+            roots = [posterior_root_every_direction(self, y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_std,
+                                                    self.modes_gram) for i in starts]
+        else:
+            roots = [square_root(mean, factor, diagonal, rank) for mean, diagonal, factor in
+                     (self._posterior_parts(y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_variance)
+                      for i in starts)]
         return GaussianRoot(*(torch.cat([getattr(r, name) for r in roots]) for name in
                               ("mean", "scale", "directions")))
 
-    def _parts_in_blocks(self, y, observed, noise_std: float):
-        """Check and batch the inputs of :meth:`posterior`; yield :meth:`_posterior_parts` per block."""
+    @functools.cached_property
+    def modes_gram(self) -> torch.Tensor:
+        """``ΦᵀΦ`` ``(k, k)``, computed once per Gaussian."""
+        return self.modes.T @ self.modes
+
+    def _checked(self, y, observed, noise_std: float):
+        """The inputs of :meth:`posterior` as float64 ``(B, D)`` and bool ``(B, D)``, and ``σ²``."""
         y = torch.as_tensor(y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y), dtype=torch.float64)
         observed = torch.as_tensor(observed.detach().cpu() if isinstance(observed, torch.Tensor) else np.asarray(observed))
         y, observed = torch.atleast_2d(y), torch.atleast_2d(observed).to(torch.bool)
@@ -208,6 +225,11 @@ class LowRankGaussian:
         noise_variance = float(noise_std) ** 2
         if not math.isfinite(noise_variance) or noise_variance + self.nugget_variance <= 0:
             raise ValueError("need noise_std > 0 or a positive nugget: a noise-free, nugget-free posterior is degenerate")
+        return y, observed, noise_variance
+
+    def _parts_in_blocks(self, y, observed, noise_std: float):
+        """Check and batch the inputs of :meth:`posterior`; yield :meth:`_posterior_parts` per block."""
+        y, observed, noise_variance = self._checked(y, observed, noise_std)
         for i in range(0, y.shape[0], self.BLOCK):
             yield self._posterior_parts(y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_variance)
 

@@ -22,7 +22,7 @@ from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_check
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import prior_from_record, prior_record
 from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP
-from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian, posterior_root_every_direction
+from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian
 from manifold_aps.operators import (BlindVertexMask, Measurement, RandomVertexMask, check_noise_std,
                                     operator_from_config)
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, convert_units, warn_outside_training_range
@@ -135,15 +135,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
                                   (root.mean, root.scale, root.directions)))
         else:
             y, observed = self.seen(measurement).to("cpu").real_entries(self.layout.num_vertices)
-            if self.base_rank >= self.base.rank and self.base.nugget_variance > 0:  # the fast exact solve
-                if getattr(self, "_modes_gram", (None,))[0] is not self.base:
-                    self._modes_gram = (self.base, self.base.modes.T @ self.base.modes)  # once per Gaussian
-                blocks = [posterior_root_every_direction(self.base, y[i:i + 32], observed[i:i + 32], self.noise_std,
-                                                         self._modes_gram[1]) for i in range(0, len(y), 32)]
-                root = GaussianRoot(*(torch.cat(parts) for parts in zip(*((r.mean, r.scale, r.directions)
-                                                                          for r in blocks))))
-            else:
-                root = self.base.posterior_root(y, observed, self.noise_std, self.base_rank)
+            root = self.base.posterior_root(y, observed, self.noise_std, self.base_rank)
         return GaussianRoot(*(value.float().to(device) for value in (root.mean, root.scale, root.directions)))
 
     def condition(self, measurement: Measurement, root: GaussianRoot | None = None) -> torch.Tensor:
