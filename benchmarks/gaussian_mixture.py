@@ -40,7 +40,7 @@ Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema o
 - ``aps_gauss_base`` / ``aps_plain``: :func:`manifold_aps.fit` against the exact prior with and
   without its Gaussian (PPCA posterior) base, RealNVP flow, the ``--scale`` preset with
   ``--iterations`` / ``--batch-size``; mean of 128 draws;
-- ``dps``: :func:`manifold_aps.baselines.sample_dps` with the exact prior, ``--diffusion-samples``
+- ``dps``: :func:`manifold_aps.zero_shot.sample_dps` with the exact prior, ``--diffusion-samples``
   (32) draws of ``--diffusion-steps`` (50 / 1000) steps.
 
 Columns: ``psnr`` and ``psnr_hidden`` of the mean (data range 1), ``mse``, ``coverage_90`` and
@@ -70,7 +70,7 @@ from pathlib import Path
 import torch
 
 import manifold_aps as aps
-from manifold_aps.baselines import sample_dps
+from manifold_aps.zero_shot import sample_dps
 from manifold_aps.benchmark import environment, score, write_results
 from manifold_aps.data.gaussian_mixture import GaussianMixtureField, matern_mixture
 from manifold_aps.gaussian_posterior import optimal_interpolation

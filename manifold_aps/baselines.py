@@ -13,8 +13,7 @@ non-negative, so the extension obeys the maximum principle (no overshoot beyond 
 range). Hidden vertices in a connected component with no observed vertex (e.g. the bunny's
 isolated vertices) have no harmonic extension; they get the mean of all observed values.
 
-The diffusion baselines (DPS, MCG, MMPS, ΠGDM, DiffPIR) live in :mod:`manifold_aps.zero_shot`;
-``sample_dps`` and ``sample_mcg`` stay importable from here for one release.
+The diffusion baselines (DPS, MCG, MMPS, ΠGDM, DiffPIR) live in :mod:`manifold_aps.zero_shot`.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ import scipy.sparse as sp
 import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as spla
 import torch
-
-from manifold_aps.zero_shot import sample_dps, sample_mcg  # noqa: F401  (old import path, one release)
 
 __all__ = ["harmonic_interpolation"]
 
