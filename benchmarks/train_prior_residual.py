@@ -39,6 +39,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-power", type=float, default=1.0,
                         help="t = eps + (1 - eps) u^p: p > 1 trains more on small t (default 1: uniform)")
+    parser.add_argument("--unguided", action="store_true",
+                        help="the correction reads x_t only, not the Gaussian's denoised estimate")
     parser.add_argument("--checkpoint", required=True, type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,7 +52,7 @@ def main():
     else:
         start = time.perf_counter()
         prior = gaussian_residual_prior(task.train, layout, base=args.base, rank=args.rank, mesh=task.mesh,
-                                        **args.base_config)
+                                        guide=not args.unguided, **args.base_config)
         print(f"PPCA rank {args.rank} fitted in {time.perf_counter() - start:.0f} s; "
               f"network config {prior.network.config}", flush=True)
     config = prior_training_config("cpu", task.paper_task, iterations=args.steps, batch_size=args.batch,

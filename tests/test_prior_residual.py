@@ -13,7 +13,8 @@ from manifold_aps.signals import VertexLayout
 
 MESH = aps.latlon_sphere(30.0)  # 84 vertices, padded to 96
 BASES = {"mlp": dict(width=32, depth=2, time_dim=16),
-         "unet1d": dict(channels=8, channel_multipliers=(1, 2, 2), time_dim=16, groups=4)}
+         "unet1d": dict(channels=8, channel_multipliers=(1, 2, 2), time_dim=16, groups=4),
+         "vertex_mlp": dict(width=16, depth=2, time_dim=16)}
 
 
 def _signals(count: int, channels: int = 1) -> torch.Tensor:
@@ -31,12 +32,13 @@ def _batch(layout, count=6):
     return torch.randn(count, layout.dim, generator=generator), torch.linspace(0.02, 0.9, count)
 
 
+@pytest.mark.parametrize("guide", [True, False])
 @pytest.mark.parametrize("base", sorted(BASES))
 @pytest.mark.parametrize("channels", [1, 2])
-def test_prior_equals_the_exact_gaussian_at_initialisation(base, channels):
+def test_prior_equals_the_exact_gaussian_at_initialisation(base, channels, guide):
     train = _signals(200, channels)
     layout = VertexLayout(MESH.num_vertices, channels)
-    prior = gaussian_residual_prior(train, layout, base=base, rank=10, mesh=MESH, **BASES[base])
+    prior = gaussian_residual_prior(train, layout, base=base, rank=10, mesh=MESH, guide=guide, **BASES[base])
     gaussian = exact_gaussian_prior(fit_ppca(train.reshape(200, -1), 10), layout)
     x, t = _batch(layout)
     real = prior.network.real_entries
@@ -93,3 +95,61 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="correction_scale"):
         build_network("gaussian_residual", layout, base="mlp", base_config=dict(width=16, depth=1), rank=5,
                       correction_scale=0.0)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_guided_correction_reads_x_t_and_the_gaussian_estimate_per_vertex(channels):
+    train = _signals(200, channels)
+    layout = VertexLayout(MESH.num_vertices, channels)
+    network = gaussian_residual_prior(train, layout, base="vertex_mlp", rank=10, **BASES["vertex_mlp"]).network
+    seen = []
+    network.correction.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    x, t = _batch(layout)
+    with torch.no_grad():
+        network(x, t)
+        gaussian_noise = network.gaussian(x, t)
+    alpha, sigma = network.sde.alpha(t)[:, None], network.sde.sigma(t)[:, None]
+    scale = network.config["data_scale"]
+    mean = network.gaussian.mean.float()
+    expected_noisy = (x - alpha * mean) / torch.sqrt(alpha**2 * scale**2 + sigma**2)
+    expected_guide = ((x - sigma * gaussian_noise) / alpha - mean) / scale  # (x̂_0^G − μ) / s_d
+    pairs = network.correction.layout.unflatten(seen[0])  # (B, V_pad, 2C)
+    real = layout.vertex_mask()
+    assert torch.allclose(pairs[:, real, :channels], layout.unflatten(expected_noisy)[:, real], atol=1e-5)
+    assert torch.allclose(pairs[:, real, channels:], layout.unflatten(expected_guide)[:, real], atol=1e-4)
+    assert abs(scale - float(train.std())) < 0.5 * float(train.std())  # the RMS std of the data
+
+
+def test_vertex_mlp_does_not_mix_vertices():
+    layout = VertexLayout(MESH.num_vertices, 2)
+    network = build_network("vertex_mlp", layout, width=8, depth=2, time_dim=8)
+    for parameter in network.parameters():  # leave the zero output layer: make every layer act
+        torch.nn.init.normal_(parameter, std=0.3)
+    x, t = _batch(layout)
+    moved = layout.unflatten(x.clone())
+    moved[:, 5] += 1.0
+    with torch.no_grad():
+        change = layout.unflatten(network(layout.flatten(moved), t) - network(x, t)).abs().sum(dim=(0, 2))
+    assert change[5] > 0
+    assert float(change.sum() - change[5]) == 0.0
+
+
+def test_guided_vertex_mlp_beats_the_gaussian_on_binary_signals():
+    """Signals that are 0 or 1 at every vertex: the Gaussian's estimate is a blur between the two, a
+    per-vertex correction that reads it learns to push it back to 0 or 1 (a few hundred steps)."""
+    torch.manual_seed(0)
+    train = (_signals(2000) > 0.3).float()
+    layout = VertexLayout(MESH.num_vertices)
+    prior = gaussian_residual_prior(train, layout, base="vertex_mlp", rank=10, width=32, depth=2, time_dim=16)
+    config = aps.diffusion.prior_training_config("smoke", iterations=300, batch_size=64, learning_rate=3e-3,
+                                                 ema_decay=0.9, warmup_iterations=20, progress=False)
+    aps.diffusion.train_prior(prior, layout.pad(train), config)
+    test = layout.flatten(layout.pad((_signals(2300)[2000:] > 0.3).float()))
+    gaussian = exact_gaussian_prior(fit_ppca(train.reshape(2000, -1), 10), layout)
+    t = torch.full((test.shape[0],), 0.05)
+    noisy = prior.sde.perturb(test, t, torch.randn(test.shape, generator=torch.Generator().manual_seed(4)))
+    alpha, sigma = prior.sde.alpha(t)[:, None], prior.sde.sigma(t)[:, None]
+    with torch.no_grad():
+        errors = [(((noisy - sigma * p(noisy, t)) / alpha - test)[:, prior.network.real_entries] ** 2).mean()
+                  for p in (prior, gaussian)]
+    assert errors[0] < 0.8 * errors[1]

@@ -26,6 +26,19 @@ by 0.1 % after 2000 steps. ``F_θ`` is any network of
 :func:`~manifold_aps.diffusion.networks.build_network` whose output starts at zero, so at
 initialisation ``ε_θ = ε_G`` exactly.
 
+**Guided correction** (``guide=True``, the default for new priors): ``F_θ`` also reads the
+Gaussian's own denoised estimate, per vertex, as ``C`` extra channels:
+
+    F_θ([(x_t − α_t μ) / √(α_t² s_d² + σ_t²),  (x̂_0^G(x_t, t) − μ) / s_d], t)   (2C channels in, first C out),
+
+``s_d`` the data's RMS standard deviation (from the Gaussian). Without it, a correction that
+beats the Gaussian must first rebuild the Gaussian's linear estimate from ``x_t`` before it can
+bend it; with it, even a per-vertex network (``vertex_mlp``) learns the data's nonlinearity
+(MNIST strokes are 0 or 1, not 0.3) in hundreds of steps. Measured on Bunny-MNIST: an unguided
+width-1024 MLP correction stayed at the Gaussian's denoising error after 10 000 steps; a guided
+``vertex_mlp`` was at 0.57 / 0.58 / 0.72 of it at t = 0.02 / 0.05 / 0.1 after 250
+(docs/performance.md, "Prior quality").
+
 The Gaussian lives in the network's buffers (mean, directions, variances), with shapes fixed by
 the stored config (``rank``), so :func:`~manifold_aps.diffusion.saving.save_prior` /
 :func:`~manifold_aps.diffusion.saving.load_prior` round-trip the whole prior unchanged.
@@ -57,6 +70,9 @@ class GaussianResidualNetwork(NoiseNetwork):
             ``base_config``).
         rank: number of Gaussian directions ``k`` (256); fixes the buffer shapes.
         correction_scale: ``s`` (1.0, for data normalised to an O(1) range).
+        guide: give ``F_θ`` the Gaussian's denoised estimate (then ``F_θ`` is built for ``2C``
+            channels; :func:`~manifold_aps.diffusion.networks.build_network` does that).
+        data_scale: ``s_d`` of the guided inputs; None takes the Gaussian's RMS std.
         gaussian: the :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` over the ``V · C``
             real entries (vertex-major), e.g. ``fit_ppca(train, rank)``; None builds an empty
             shell whose buffers :func:`~manifold_aps.diffusion.saving.load_prior` fills.
@@ -65,7 +81,7 @@ class GaussianResidualNetwork(NoiseNetwork):
     name = "gaussian_residual"
 
     def __init__(self, layout: VertexLayout, correction: NoiseNetwork, sde: VPSDE | None = None, rank: int = 256,
-                 correction_scale: float = 1.0, gaussian=None):
+                 correction_scale: float = 1.0, gaussian=None, guide: bool = False, data_scale: float | None = None):
         super().__init__(layout, sde)
         if correction.name == self.name:
             raise ValueError("the correction network cannot itself be a gaussian_residual network")
@@ -79,18 +95,40 @@ class GaussianResidualNetwork(NoiseNetwork):
             raise ValueError(f"correction_scale must be positive, got {correction_scale}")
         if not getattr(correction, "output_starts_at_zero", False):
             raise ValueError(f"the {correction.name!r} network does not start at zero output; choose one that does")
+        channels = layout.num_channels * (2 if guide else 1)
+        if (correction.layout.num_vertices, correction.layout.num_channels) != (layout.num_vertices, channels):
+            raise ValueError(f"the correction must be built for {layout.num_vertices} vertices × {channels} channels "
+                             f"(guide={guide}), got {correction.layout.num_vertices} × {correction.layout.num_channels}")
         self.correction = correction
         _open_residual_blocks(self.correction)
         self.config = dict(base=correction.name, base_config=dict(correction.config), rank=rank,
                            correction_scale=float(correction_scale))
+        if guide:
+            if data_scale is None:
+                if gaussian is None:
+                    raise ValueError("guide=True needs data_scale or the gaussian to take it from")
+                data_scale = _rms_std(self.gaussian, layout)
+            if not data_scale > 0:
+                raise ValueError(f"data_scale must be positive, got {data_scale}")
+            self.config.update(guide=True, data_scale=float(data_scale))
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha, sigma = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
         scale = self.config["correction_scale"]
         input_scale = torch.rsqrt(alpha**2 * scale**2 + sigma**2)
-        centered = (x - alpha * self.gaussian.mean.to(x.dtype)) * input_scale
         gain = scale * alpha * input_scale
-        return self.gaussian(x, t) - gain * self.correction(centered, t)
+        centered = x - alpha * self.gaussian.mean.to(x.dtype)
+        gaussian_noise = self.gaussian(x, t)
+        if not self.config.get("guide", False):
+            return gaussian_noise - gain * self.correction(centered * input_scale, t)
+        data_scale = self.config["data_scale"]
+        noisy = centered * torch.rsqrt(alpha**2 * data_scale**2 + sigma**2)
+        denoised = (centered - sigma * gaussian_noise) / (alpha * data_scale)  # (x̂_0^G − μ) / s_d
+        layout = self.layout
+        pairs = torch.stack([layout.unflatten(noisy), layout.unflatten(denoised)], dim=3)  # (B, V_pad, C, 2)
+        pairs = pairs.transpose(2, 3).reshape(x.shape[0], -1)  # channels [x_t (C), guide (C)] per vertex
+        correction = self.correction.layout.unflatten(self.correction(pairs, t))[..., :layout.num_channels]
+        return gaussian_noise - gain * correction.reshape(x.shape[0], -1)
 
 
 def _open_residual_blocks(network: torch.nn.Module):
@@ -106,6 +144,13 @@ def _open_residual_blocks(network: torch.nn.Module):
         layer = getattr(module, "zero_initialised_layer", None)
         if layer is not None:
             getattr(module, layer).reset_parameters()
+
+
+def _rms_std(predictor: GaussianNoisePredictor, layout: VertexLayout) -> float:
+    """``√(tr Σ / (V · C))`` over the real entries (padding has zero variance)."""
+    in_span = (predictor.eigenvectors**2).sum(dim=1)
+    total = predictor.eigenvalues.sum() + (predictor.complement_variance * (1 - in_span).clamp_min(0)).sum()
+    return float(torch.sqrt(total / (layout.num_vertices * layout.num_channels)))
 
 
 def _empty_gaussian(dim: int, rank: int, sde: VPSDE) -> GaussianNoisePredictor:

@@ -138,10 +138,13 @@ def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device=
 
 
 def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, base: str = "mlp", rank: int = 256,
-                            mesh=None, sde: VPSDE | None = None, correction_scale: float = 1.0, **base_config):
+                            mesh=None, sde: VPSDE | None = None, correction_scale: float = 1.0, guide: bool = True,
+                            **base_config):
     """A :class:`~manifold_aps.diffusion.prior.DiffusionPrior` whose network is a Gaussian-residual
     network around the PPCA Gaussian (``rank`` modes) of ``train_signals`` ``(N, V, C)`` (or
-    padded, ``(N, V_pad, C)``); ``base_config`` configures the correction network ``base``.
+    padded, ``(N, V_pad, C)``); ``base_config`` configures the correction network ``base``, which
+    reads the Gaussian's denoised estimate too unless ``guide=False`` (see
+    :class:`~manifold_aps.diffusion.residual.GaussianResidualNetwork`).
 
     Example:
         >>> from manifold_aps.tasks import load_task                        # doctest: +SKIP
@@ -157,5 +160,5 @@ def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, b
     sde = sde or VPSDE()
     gaussian = fit_ppca(train_signals.reshape(train_signals.shape[0], -1), rank)
     network = build_network(GaussianResidualNetwork.name, layout, mesh=mesh, sde=sde, base=base, base_config=base_config,
-                            rank=rank, correction_scale=correction_scale, gaussian=gaussian)
+                            rank=rank, correction_scale=correction_scale, gaussian=gaussian, guide=guide)
     return DiffusionPrior(network, layout, sde)
