@@ -252,6 +252,10 @@ def add_arguments(parser) -> None:
                         help="load <task>_prior_<scale>.pt and <task>_aps_<scale>.pt from DIR instead of training; "
                              "'pretrained' loads the models shipped in manifold_aps.pretrained")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="where trained models are written")
+    parser.add_argument("--prior", metavar="FILE",
+                        help="a prior file (save_prior) for the zero-shot samplers instead of the --from-checkpoint or "
+                             "trained one; without --from-checkpoint nothing is trained and APS is not scored")
+    parser.add_argument("--results-name", help="results file stem (default <task>_<scale>)")
     parser.add_argument("--n-measurements", type=int, default=None, help="test measurements (default: the scale preset)")
     parser.add_argument("--diffusion-steps", type=int, default=None, help="zero-shot sampler steps (default: the scale preset)")
     parser.add_argument("--diffusion-samples", type=int, default=None,
@@ -269,7 +273,22 @@ def add_arguments(parser) -> None:
 
 
 def train_or_load(task, args, network: str = "mlp", network_config: dict | None = None, log=print):
-    """The task's prior and APS model: loaded with ``--from-checkpoint``, else trained (and saved)."""
+    """The task's prior and APS model: loaded with ``--from-checkpoint``, else trained (and saved).
+
+    ``--prior FILE`` replaces the prior; without ``--from-checkpoint`` nothing is then trained and
+    the model is None (no APS rows).
+    """
+    if not getattr(args, "prior", None):
+        return _train_or_load(task, args, network, network_config, log)
+    from manifold_aps.diffusion import load_prior
+
+    model = seconds = None
+    if args.from_checkpoint:
+        _, model, seconds = _train_or_load(task, args, network, network_config, log)
+    return load_prior(args.prior), model, seconds
+
+
+def _train_or_load(task, args, network: str, network_config: dict | None, log):
     from manifold_aps.aps import AmortizedPosteriorSampler, fit
     from manifold_aps.diffusion import DiffusionPrior, build_network, load_prior, prior_training_config, save_prior, train_prior
     
@@ -354,7 +373,7 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
     defaults = budget = _budget(args)
     if model is None:
         prior, model, train_seconds = train_or_load(task, args, log=log)
-    layout, operator = model.layout, task.operator
+    layout, operator = (model or prior).layout, task.operator
     if operator.padded_vertices != layout.padded_vertices:
         raise ValueError(f"the model pads to {layout.padded_vertices} vertices, the task's operator to "
                          f"{operator.padded_vertices}")
@@ -407,5 +426,5 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
         per_sample, break_even, notes = _speed(rows, train_seconds, samples)
         results.update(seconds_per_sample=per_sample, break_even_samples=break_even)
         results["notes"] += notes
-    write_results(results, Path(args.results_dir) / f"{task.name}_{args.scale}")
+    write_results(results, Path(args.results_dir) / (getattr(args, "results_name", None) or f"{task.name}_{args.scale}"))
     return results

@@ -103,3 +103,27 @@ def test_tune_picks_the_knob_with_the_best_validation_psnr_and_keeps_the_sweep()
     assert chosen["toy"]["knob"] == "offset" and chosen["toy"]["value"] == 0.01
     psnrs = [row["psnr"] for row in chosen["toy"]["sweep"]]
     assert psnrs[1] > psnrs[3] > psnrs[0]
+
+
+def test_run_benchmark_scores_a_given_prior_file_without_training(tmp_path):
+    import argparse
+
+    from manifold_aps.benchmark import add_arguments, run_benchmark
+    from manifold_aps.diffusion import save_prior
+    from manifold_aps.signals import MinMaxNormalizer
+    from manifold_aps.tasks import Task
+
+    generator = torch.Generator().manual_seed(0)
+    train, validation, test = (FIELD.sample(n, generator).float()[..., None] for n in (64, 8, 2))
+    task = Task("field", MESH, train, validation, test, OPERATOR, MinMaxNormalizer(0.0, 1.0), "Gaussian field", "era5")
+    save_prior(tmp_path / "prior.pt", PRIOR)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--scale", "smoke", "--prior", str(tmp_path / "prior.pt"), "--methods", "dps,oi",
+                              "--results-dir", str(tmp_path), "--results-name", "given", "--n-measurements", "2",
+                              "--diffusion-steps", "10", "--diffusion-samples", "2", "--tune-measurements", "1",
+                              "--tune-samples", "1", "--threads", "1", "--checkpoint-dir", str(tmp_path / "unused")])
+    results = run_benchmark(task, args, ["benchmark"], log=lambda line: None)
+    assert {row["method"] for row in results["rows"]} == {"dps", "oi"}
+    assert json.loads((tmp_path / "given.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))
+    assert not (tmp_path / "unused").exists()  # nothing was trained
