@@ -5,8 +5,10 @@
 
 Each scale holds, per stage:
 
-- ``prior_network``: keyword arguments of :func:`~manifold_aps.diffusion.build_network` for the
-  prior that :func:`~manifold_aps.aps.fit` trains when none is given (an ``mlp``);
+- ``prior_network``: the prior that :func:`~manifold_aps.aps.fit` trains when none is given, a
+  guided Gaussian-residual prior (:func:`~manifold_aps.diffusion.gaussian_residual_prior`): the
+  correction network ``base``, the PPCA ``rank`` (capped below the number of training signals)
+  and the correction's own keyword arguments;
 - ``prior_training``: :class:`~manifold_aps.trainer.TrainingConfig` fields for denoising score
   matching (``paper``: 500k iterations for the bunny, 360k for ERA5 — :data:`~manifold_aps.scales.PAPER_PRIOR_ITERATIONS`;
   warm-up 5000, clipping 1 and EMA 0.9999 are the score_sde defaults the paper inherits);
@@ -29,7 +31,7 @@ SCALES = ("smoke", "cpu", "paper")
 #: scale → stage → preset fields (see the module docstring)
 PRESETS = {
     "smoke": dict(
-        prior_network=dict(width=128, depth=2),
+        prior_network=dict(base="vertex_mlp", rank=32, width=32, depth=2),
         prior_training=dict(iterations=20, batch_size=16, learning_rate=1e-3, ema_decay=0.9, checkpoint_every=10),
         aps=dict(iterations=400, batch_size=32, learning_rate=2e-3, warmup_iterations=20, ema_decay=0.9,
                  checkpoint_every=200, flow_depth=3, hidden=64),
@@ -38,7 +40,7 @@ PRESETS = {
                        aps_iterations=100),
     ),
     "cpu": dict(
-        prior_network=dict(width=512, depth=4),
+        prior_network=dict(base="vertex_mlp", rank=256, width=64, depth=3),
         prior_training=dict(iterations=20_000, batch_size=64, learning_rate=2e-4, warmup_iterations=500, ema_decay=0.999,
                             checkpoint_every=500),
         aps=dict(iterations=4000, batch_size=64, learning_rate=5e-4, warmup_iterations=100, ema_decay=0.99,
@@ -48,7 +50,7 @@ PRESETS = {
                        prior_iterations=None, aps_iterations=None),
     ),
     "paper": dict(
-        prior_network=dict(width=512, depth=4),
+        prior_network=dict(base="vertex_mlp", rank=256, width=128, depth=4),
         prior_training=dict(iterations=500_000, batch_size=64, learning_rate=2e-4, warmup_iterations=5000, ema_decay=0.9999,
                             checkpoint_every=5000),
         aps=dict(iterations=315_000, batch_size=64, learning_rate=1e-5, warmup_iterations=0, ema_decay=0.999,

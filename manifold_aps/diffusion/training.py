@@ -117,8 +117,12 @@ def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfi
 
 def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device="auto", checkpoint_path=None,
                         seed: int = 0, progress: bool = True, resume: bool = True) -> DiffusionPrior:
-    """The prior :func:`~manifold_aps.aps.fit` trains when none is given: the ``scale`` network preset
-    (an ``mlp``) fitted to the complete rows of the padded ``signals`` ``(N, V_pad, C)``.
+    """The prior :func:`~manifold_aps.aps.fit` trains when none is given: a guided Gaussian-residual
+    prior (the ``scale`` preset ``prior_network`` of :mod:`manifold_aps.scales`) around the PPCA
+    Gaussian of the complete rows of the padded ``signals`` ``(N, V_pad, C)``, trained on them.
+
+    It starts as that Gaussian, so even a short training never leaves it far worse; the rank is
+    capped at ``N − 1``.
 
     A signal with a missing value (NaN) is left out with a warning, never filled in.
     """
@@ -131,7 +135,9 @@ def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device=
         warnings.warn(f"the diffusion prior is trained on the {complete.shape[0]} complete signals only: "
                       f"{int(incomplete.sum())} of {signals.shape[0]} signals contain NaN (missing values) and are "
                       f"left out of prior training (APS training still uses their observed vertices)", stacklevel=3)
-    prior = DiffusionPrior(build_network("mlp", layout, mesh, **preset(scale, "prior_network")), layout)
+    network = preset(scale, "prior_network")
+    rank = min(network.pop("rank"), complete.shape[0] - 1, layout.num_vertices * layout.num_channels - 1)
+    prior = gaussian_residual_prior(complete, layout, rank=rank, mesh=mesh, **network)
     config = prior_training_config(scale, seed=seed, device=str(device), progress=progress)
     train_prior(prior, complete, config, None if checkpoint_path is None else Path(checkpoint_path), resume=resume)
     return prior.freeze()
