@@ -153,3 +153,25 @@ def test_guided_vertex_mlp_beats_the_gaussian_on_binary_signals():
         errors = [(((noisy - sigma * p(noisy, t)) / alpha - test)[:, prior.network.real_entries] ** 2).mean()
                   for p in (prior, gaussian)]
     assert errors[0] < 0.8 * errors[1]
+
+
+def test_a_mixture_of_ppca_can_stand_in_for_the_gaussian_and_round_trips(tmp_path):
+    from manifold_aps.mixture_of_ppca import fit_mixture_of_ppca
+
+    train = _signals(300)
+    layout = VertexLayout(MESH.num_vertices)
+    prior = gaussian_residual_prior(train, layout, base="vertex_mlp", rank=6, components=3, **BASES["vertex_mlp"])
+    exact = fit_mixture_of_ppca(train.reshape(300, -1), 3, 6).exact_prior(layout)
+    x, t = _batch(layout)
+    with torch.no_grad():
+        assert torch.allclose(prior(x, t), exact(x, t), atol=1e-5)  # the correction starts at zero
+        rows = train.reshape(300, -1).double()
+        assert abs(prior.network.config["data_scale"] - float(rows.var(0, unbiased=False).mean().sqrt())) < 0.05 * \
+            float(rows.std())
+        for parameter in prior.network.correction.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)))
+    save_prior(tmp_path / "prior.pt", prior)
+    loaded = load_prior(tmp_path / "prior.pt")
+    assert loaded.network.config["components"] == 3
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), prior(x, t))

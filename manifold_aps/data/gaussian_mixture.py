@@ -38,7 +38,6 @@ Everything is float64.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +46,7 @@ import torch
 from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.gaussian_posterior import LowRankGaussian
 
-__all__ = ["GaussianMixtureField", "GaussianMixturePosterior", "MixtureNoisePredictor", "matern_mixture"]
+__all__ = ["GaussianMixtureField", "GaussianMixturePosterior", "matern_mixture"]
 
 
 def _as_tensor(values, dtype=torch.float64) -> torch.Tensor:
@@ -157,9 +156,9 @@ class GaussianMixtureField:
 
     def exact_prior(self, layout, sde=None):
         """A :class:`~manifold_aps.diffusion.DiffusionPrior` whose noise prediction is the exact one of
-        the noised mixture (:class:`MixtureNoisePredictor`); padding entries have mean 0 and variance 0
+        the noised mixture (:class:`~manifold_aps.diffusion.gaussian.MixtureNoisePredictor`); padding entries have mean 0 and variance 0
         in every component, as in padded training data."""
-        from manifold_aps.diffusion.gaussian import exact_gaussian_prior
+        from manifold_aps.diffusion.gaussian import MixtureNoisePredictor, exact_gaussian_prior
         from manifold_aps.diffusion.prior import DiffusionPrior
 
         priors = [exact_gaussian_prior(component, layout, sde) for component in self.components]
@@ -200,55 +199,6 @@ class GaussianMixturePosterior:
                 root = component.posterior_root(self.y, self.observed, self.noise_std, component.rank)
                 draws[chosen] = root.transform(white)[chosen]
         return draws[:, 0] if self.unbatched else draws
-
-
-class MixtureNoisePredictor(torch.nn.Module):
-    """``ε*(x_t, t)`` of noised Gaussian-mixture data; a drop-in for a trained network.
-
-    Arguments:
-        components: one :class:`~manifold_aps.diffusion.gaussian.GaussianNoisePredictor` per
-            component, all over the same ``d`` entries and the same SDE.
-        weights: ``(K,)`` mixture weights.
-
-    The responsibilities ``ρ_k`` are a softmax of the log-joint (computed as
-    ``exp(ℓ_k − logsumexp ℓ)``, stable for the ``|ℓ| ~ 10⁴`` of the sphere layout); the prediction
-    is computed in float64 and returned in the input's dtype, differentiably in ``x``.
-    """
-
-    def __init__(self, components, weights):
-        super().__init__()
-        self.components = torch.nn.ModuleList(components)
-        if len({component.mean.shape[0] for component in self.components}) != 1:
-            raise ValueError("all component predictors must have the same dimension")
-        self.sde = self.components[0].sde
-        self.register_buffer("log_weights", torch.log(_as_tensor(weights)))
-
-    def component_terms(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``log w_k + log N(x; α_t μ_k, Γ_k)`` ``(B, K)`` and ``σ_t Γ_k⁻¹ (x − α_t μ_k)`` ``(K, B, d)``."""
-        x, t = x.double(), t.double()
-        alpha, sigma = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
-        alpha2, sigma2 = alpha**2, sigma**2
-        log_joint, predictions = [], []
-        for component in self.components:
-            residual = x - alpha * component.mean
-            solved = component.marginal_precision_apply(residual, t)
-            nugget = component.complement_variance.max()
-            log_det = (torch.log(alpha2 * component.eigenvalues + sigma2).sum(1)
-                       + torch.log(alpha2 * component.complement_variance + sigma2).sum(1)
-                       - component.eigenvalues.shape[0] * torch.log(alpha2[:, 0] * nugget + sigma2[:, 0]))
-            quadratic = (residual * solved).sum(1)
-            log_joint.append(-0.5 * (quadratic + log_det + x.shape[1] * math.log(2 * math.pi)))
-            predictions.append(sigma * solved)
-        return torch.stack(log_joint, dim=1) + self.log_weights, torch.stack(predictions)
-
-    def log_prob_noised(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``log p_t(x)`` ``(B,)`` of the noised mixture."""
-        return torch.logsumexp(self.component_terms(x, t)[0], dim=1)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        log_joint, predictions = self.component_terms(x, t)
-        responsibilities = torch.exp(log_joint - torch.logsumexp(log_joint, dim=1, keepdim=True))
-        return torch.einsum("bk,kbd->bd", responsibilities, predictions).to(x.dtype)
 
 
 def matern_mixture(mesh, means=(0.35, 0.5, 0.65), length_fractions=(0.1, 0.2, 0.4), stds=(0.1, 0.15, 0.05),

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from manifold_aps.diffusion.gaussian import GaussianNoisePredictor, exact_gaussian_prior
+from manifold_aps.diffusion.gaussian import GaussianNoisePredictor, MixtureNoisePredictor, exact_gaussian_prior
 from manifold_aps.diffusion.noise_network import NoiseNetwork
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.signals import VertexLayout
@@ -81,16 +81,25 @@ class GaussianResidualNetwork(NoiseNetwork):
     name = "gaussian_residual"
 
     def __init__(self, layout: VertexLayout, correction: NoiseNetwork, sde: VPSDE | None = None, rank: int = 256,
-                 correction_scale: float = 1.0, gaussian=None, guide: bool = False, data_scale: float | None = None):
+                 correction_scale: float = 1.0, gaussian=None, guide: bool = False, data_scale: float | None = None,
+                 components: int | None = None):
         super().__init__(layout, sde)
         if correction.name == self.name:
             raise ValueError("the correction network cannot itself be a gaussian_residual network")
-        if gaussian is not None:
-            if gaussian.rank != rank:
-                raise ValueError(f"rank={rank} but the Gaussian has {gaussian.rank} directions")
-            self.gaussian = exact_gaussian_prior(gaussian, layout, self.sde).network
+        parts = getattr(gaussian, "components", None)  # a GaussianMixtureField's LowRankGaussians
+        if parts is not None:
+            if components is not None and components != len(parts):
+                raise ValueError(f"components={components} but the mixture has {len(parts)}")
+            components = len(parts)
+        for part in parts or ([] if gaussian is None else [gaussian]):
+            if part.rank != rank:
+                raise ValueError(f"rank={rank} but the Gaussian has {part.rank} directions")
+        if gaussian is None:
+            self.gaussian = _empty_gaussian(layout.dim, rank, self.sde, components)
+        elif parts is not None:
+            self.gaussian = gaussian.exact_prior(layout, self.sde).network
         else:
-            self.gaussian = _empty_gaussian(layout.dim, rank, self.sde)
+            self.gaussian = exact_gaussian_prior(gaussian, layout, self.sde).network
         if not correction_scale > 0:
             raise ValueError(f"correction_scale must be positive, got {correction_scale}")
         if not getattr(correction, "output_starts_at_zero", False):
@@ -103,6 +112,8 @@ class GaussianResidualNetwork(NoiseNetwork):
         _open_residual_blocks(self.correction)
         self.config = dict(base=correction.name, base_config=dict(correction.config), rank=rank,
                            correction_scale=float(correction_scale))
+        if components is not None:
+            self.config["components"] = int(components)
         if guide:
             if data_scale is None:
                 if gaussian is None:
@@ -146,15 +157,26 @@ def _open_residual_blocks(network: torch.nn.Module):
             getattr(module, layer).reset_parameters()
 
 
-def _rms_std(predictor: GaussianNoisePredictor, layout: VertexLayout) -> float:
-    """``√(tr Σ / (V · C))`` over the real entries (padding has zero variance)."""
-    in_span = (predictor.eigenvectors**2).sum(dim=1)
-    total = predictor.eigenvalues.sum() + (predictor.complement_variance * (1 - in_span).clamp_min(0)).sum()
+def _rms_std(predictor, layout: VertexLayout) -> float:
+    """``√(tr Cov / (V · C))`` over the real entries (padding has zero variance); for a mixture
+    ``tr Cov = Σ_k w_k (tr Σ_k + ‖μ_k − μ‖²)``."""
+    mixture = isinstance(predictor, MixtureNoisePredictor)
+    parts = list(predictor.components) if mixture else [predictor]
+    weights = predictor.log_weights.exp() if mixture else torch.ones(1, dtype=torch.float64)
+    total = 0.0
+    for weight, part in zip(weights, parts):
+        in_span = (part.eigenvectors**2).sum(dim=1)
+        trace = part.eigenvalues.sum() + (part.complement_variance * (1 - in_span).clamp_min(0)).sum()
+        total = total + weight * (trace + ((part.mean - predictor.mean) ** 2).sum())
     return float(torch.sqrt(total / (layout.num_vertices * layout.num_channels)))
 
 
-def _empty_gaussian(dim: int, rank: int, sde: VPSDE) -> GaussianNoisePredictor:
-    """A predictor with buffers of the right shapes (filled by ``load_state_dict``)."""
+def _empty_gaussian(dim: int, rank: int, sde: VPSDE, components: int | None = None):
+    """A predictor (a mixture of ``components`` when given) with buffers of the right shapes, filled
+    by ``load_state_dict``."""
+    if components is not None:
+        return MixtureNoisePredictor([_empty_gaussian(dim, rank, sde) for _ in range(components)],
+                                     torch.full((components,), 1.0 / components))
     predictor = GaussianNoisePredictor(torch.zeros(dim, dtype=torch.float64), None, sde)
     predictor.eigenvectors = torch.zeros(dim, rank, dtype=torch.float64)
     predictor.eigenvalues = torch.zeros(rank, dtype=torch.float64)

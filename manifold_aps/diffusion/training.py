@@ -27,6 +27,7 @@ from manifold_aps.diffusion.saving import describe_prior
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.scales import PAPER_PRIOR_ITERATIONS, preset
 from manifold_aps.gaussian_posterior import fit_ppca
+from manifold_aps.mixture_of_ppca import fit_mixture_of_ppca
 from manifold_aps.signals import VertexLayout
 from manifold_aps.trainer import TrainingConfig, TrainingResult, train
 
@@ -145,12 +146,14 @@ def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device=
 
 def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, base: str = "mlp", rank: int = 256,
                             mesh=None, sde: VPSDE | None = None, correction_scale: float = 1.0, guide: bool = True,
-                            **base_config):
+                            components: int = 1, **base_config):
     """A :class:`~manifold_aps.diffusion.prior.DiffusionPrior` whose network is a Gaussian-residual
     network around the PPCA Gaussian (``rank`` modes) of ``train_signals`` ``(N, V, C)`` (or
     padded, ``(N, V_pad, C)``); ``base_config`` configures the correction network ``base``, which
     reads the Gaussian's denoised estimate too unless ``guide=False`` (see
-    :class:`~manifold_aps.diffusion.residual.GaussianResidualNetwork`).
+    :class:`~manifold_aps.diffusion.residual.GaussianResidualNetwork`). ``components > 1`` puts a
+    mixture of that many PPCA Gaussians (:func:`~manifold_aps.mixture_of_ppca.fit_mixture_of_ppca`)
+    in place of the single Gaussian.
 
     Example:
         >>> from manifold_aps.tasks import load_task                        # doctest: +SKIP
@@ -164,7 +167,8 @@ def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, b
         raise ValueError(f"train_signals must be (N, {layout.num_vertices}, {layout.num_channels}) or padded "
                          f"(N, {layout.padded_vertices}, {layout.num_channels}), got {tuple(train_signals.shape)}")
     sde = sde or VPSDE()
-    gaussian = fit_ppca(train_signals.reshape(train_signals.shape[0], -1), rank)
+    rows = train_signals.reshape(train_signals.shape[0], -1)
+    gaussian = fit_ppca(rows, rank) if components == 1 else fit_mixture_of_ppca(rows, components, rank)
     network = build_network(GaussianResidualNetwork.name, layout, mesh=mesh, sde=sde, base=base, base_config=base_config,
                             rank=rank, correction_scale=correction_scale, gaussian=gaussian, guide=guide)
     return DiffusionPrior(network, layout, sde)
