@@ -2,14 +2,21 @@
 
     python benchmarks/diffusion_throughput.py --threads 2 --batch 64 --steps 10
 
-Prints one markdown row per (network config, layout); docs/performance.md quotes a run.
+Prints one markdown row per (network config, layout) and, with ``--output STEM``, writes them with
+the command, machine, date and commit to ``STEM.md`` and ``STEM.json``; docs/performance.md
+quotes a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -17,6 +24,7 @@ from manifold_aps.diffusion.networks import build_network
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.diffusion.training import denoising_score_matching_loss
 from manifold_aps import bunny
+from manifold_aps.benchmark import environment
 from manifold_aps.mesh import latlon_sphere
 from manifold_aps.signals import VertexLayout
 
@@ -35,6 +43,10 @@ CONFIGS = {
                                                                    rank=256)),
     "gaussian_residual diffusion_net k64 w32 d4": ("gaussian_residual", dict(
         base="diffusion_net", base_config=dict(num_modes=64, width=32, depth=4), rank=256)),
+    "guided gaussian_residual vertex_mlp w64 d3": ("gaussian_residual", dict(
+        base="vertex_mlp", base_config=dict(width=64, depth=3), rank=256, guide=True, data_scale=1.0)),
+    "guided mixture (K=4) residual vertex_mlp w64 d3": ("gaussian_residual", dict(
+        base="vertex_mlp", base_config=dict(width=64, depth=3), rank=256, guide=True, data_scale=1.0, components=4)),
 }
 
 
@@ -63,19 +75,33 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--only", nargs="*", help="network names to measure (default: all)")
+    parser.add_argument("--output", type=Path, help="write STEM.md and STEM.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {args.threads}, "
-          f"batch {args.batch}, {args.steps} timed steps")
+    header = (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {args.threads}, "
+              f"batch {args.batch}, {args.steps} timed steps")
+    lines = ["| network | layout | parameters | samples/s |", "|---|---|---|---|"]
+    print(header, *lines, sep="\n")
     meshes = {label: build() for label, build in MESHES.items()}
-    print("| network | layout | parameters | samples/s |")
-    print("|---|---|---|---|")
+    rows = []
     for label, (name, config) in CONFIGS.items():
         if args.only and name not in args.only:
             continue
         for layout_label, mesh in meshes.items():
+            load = os.getloadavg()[0]
             rate, parameters = measure(name, config, mesh, args.batch, args.steps)
-            print(f"| {label} | {layout_label} | {parameters / 1e6:.2f} M | {rate:.0f} |", flush=True)
+            rows.append(dict(network=label, layout=layout_label, parameters=parameters, samples_per_second=rate,
+                             load_average_before=load))
+            lines.append(f"| {label} | {layout_label} | {parameters / 1e6:.2f} M | {rate:.0f} |")
+            print(lines[-1], flush=True)
+    if args.output:
+        results = dict(command="python " + " ".join(shlex.quote(word) for word in sys.argv), **environment(),
+                       setting=header, rows=rows)
+        args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        args.output.with_suffix(".md").write_text("\n".join([
+            "# Training throughput of the noise networks", "", f"- command: `{results['command']}`",
+            f"- machine: {results['machine']}; date {results['date']}; commit {results['commit']}",
+            f"- {header}; load average before each row in the JSON", "", *lines, ""]))
 
 
 if __name__ == "__main__":
