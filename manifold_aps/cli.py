@@ -120,6 +120,7 @@ def cmd_train_prior(args) -> int:
     import time
 
     from manifold_aps.diffusion import DiffusionPrior, build_network, prior_training_config, save_prior, train_prior
+    from manifold_aps.diffusion.training import preset_residual_prior
     from manifold_aps.signals import VertexLayout
     from manifold_aps.tasks import load_task
 
@@ -127,7 +128,10 @@ def cmd_train_prior(args) -> int:
     task = load_task(args.task, limit=args.limit)
     layout = VertexLayout(task.mesh.num_vertices, task.train.shape[-1])
     network_config = json.loads(args.network_config) if isinstance(args.network_config, str) else dict(args.network_config or {})
-    prior = DiffusionPrior(build_network(args.network, layout, mesh=task.mesh, **network_config), layout)
+    if args.network == "gaussian_residual":  # the scale's preset, with the given options on top
+        prior = preset_residual_prior(task.train, layout, task.mesh, args.scale, **network_config)
+    else:
+        prior = DiffusionPrior(build_network(args.network, layout, mesh=task.mesh, **network_config), layout)
     overrides = {key: value for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size),
                                                ("learning_rate", args.learning_rate)) if value is not None}
     config = prior_training_config(args.scale, task.paper_task, device=args.device, seed=args.seed, **overrides)
@@ -136,7 +140,7 @@ def cmd_train_prior(args) -> int:
     train_prior(prior, layout.pad(task.train), config, checkpoint_path=output.with_suffix(".training.pt"))
     save_prior(output, prior, task.normalizer)
     print(json.dumps({"task": args.task, "data": task.data_label, "network": args.network,
-                      "network_config": network_config, "iterations": config.iterations, "output": str(output),
+                      "network_config": prior.network.config, "iterations": config.iterations, "output": str(output),
                       "seconds": round(time.perf_counter() - started, 1)}))
     return 0
 
@@ -334,8 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a diffusion prior by denoising score matching; resumable.")
     train.add_argument("--task", choices=TASKS, required=True)
     train.add_argument("--scale", choices=SCALES, default="cpu")
-    train.add_argument("--network", choices=("mlp", "spectral", "unet1d"), default="mlp")
-    train.add_argument("--network-config", default="{}", help='JSON of network options, e.g. \'{"width": 1024}\'')
+    train.add_argument("--network", choices=("gaussian_residual", "mlp", "spectral", "unet1d", "vertex_mlp",
+                                             "diffusion_net"), default="gaussian_residual",
+                       help="gaussian_residual (default): a guided correction around the PPCA Gaussian of the "
+                            "training signals, configured by the scale's preset")
+    train.add_argument("--network-config", default="{}",
+                       help='JSON of network options, e.g. \'{"width": 1024}\'; for gaussian_residual also "base", '
+                            '"rank", "components" (a mixture of PPCA), "guide"')
     train.add_argument("--iterations", "--steps", dest="iterations", type=int,
                        help="optimiser steps (default: the scale's preset; --steps is the old name)")
     train.add_argument("--batch-size", type=int)

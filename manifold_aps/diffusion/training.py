@@ -32,7 +32,7 @@ from manifold_aps.signals import VertexLayout
 from manifold_aps.trainer import TrainingConfig, TrainingResult, train
 
 __all__ = ["denoising_score_matching_loss", "prior_training_config", "train_prior", "train_default_prior",
-           "gaussian_residual_prior"]
+           "gaussian_residual_prior", "preset_residual_prior"]
 
 
 def prior_training_config(scale: str = "cpu", task: str = "bunny", **overrides) -> TrainingConfig:
@@ -136,12 +136,19 @@ def train_default_prior(layout, mesh, signals: torch.Tensor, scale: str, device=
         warnings.warn(f"the diffusion prior is trained on the {complete.shape[0]} complete signals only: "
                       f"{int(incomplete.sum())} of {signals.shape[0]} signals contain NaN (missing values) and are "
                       f"left out of prior training (APS training still uses their observed vertices)", stacklevel=3)
-    network = preset(scale, "prior_network")
-    rank = min(network.pop("rank"), complete.shape[0] - 1, layout.num_vertices * layout.num_channels - 1)
-    prior = gaussian_residual_prior(complete, layout, rank=rank, mesh=mesh, **network)
+    prior = preset_residual_prior(complete, layout, mesh, scale)
     config = prior_training_config(scale, seed=seed, device=str(device), progress=progress)
     train_prior(prior, complete, config, None if checkpoint_path is None else Path(checkpoint_path), resume=resume)
     return prior.freeze()
+
+
+def preset_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, mesh, scale: str, **overrides):
+    """The untrained guided Gaussian-residual prior of the ``scale`` preset ``prior_network``
+    (:mod:`manifold_aps.scales`) with ``overrides``, around the PPCA Gaussian of ``train_signals``;
+    the rank is capped at ``N − 1``."""
+    options = {**preset(scale, "prior_network"), **overrides}
+    options["rank"] = min(options["rank"], train_signals.shape[0] - 1, layout.num_vertices * layout.num_channels - 1)
+    return gaussian_residual_prior(train_signals, layout, mesh=mesh, **options)
 
 
 def gaussian_residual_prior(train_signals: torch.Tensor, layout: VertexLayout, base: str = "mlp", rank: int = 256,
