@@ -62,3 +62,20 @@ def test_shipped_models_load():
         task, blind = name.removesuffix("_blind"), name.endswith("_blind")
         model = pretrained.load_sampler(task, blind=blind)
         assert model.blind == blind and pretrained.model_card(task).startswith("#")
+
+
+def test_a_gaussian_residual_prior_keeps_its_gaussian_in_float32(trained, tmp_path):
+    from manifold_aps.diffusion.training import gaussian_residual_prior
+
+    field, _, model = trained
+    signals = field.sample(64, torch.Generator().manual_seed(2)).float()[..., None]
+    prior = gaussian_residual_prior(signals, LAYOUT, base="vertex_mlp", rank=8, width=16, depth=1)
+    trained_against = model.prior
+    model.prior = prior  # export only checks that the sampler was trained against the prior
+    try:
+        pretrained.export("grf", prior, {"aps": model}, "# card\n", folder=tmp_path)
+    finally:
+        model.prior = trained_against
+    loaded = pretrained.load_prior("grf", tmp_path).network.gaussian
+    assert torch.equal(loaded.eigenvectors, prior.network.gaussian.eigenvectors.float().double())
+    assert torch.equal(loaded.mean, prior.network.gaussian.mean.float().double())

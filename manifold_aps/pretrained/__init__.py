@@ -87,9 +87,18 @@ def model_card(task: str, folder=FOLDER) -> str:
 
 
 def _compact(state: dict) -> dict:
-    """Large floating tensors as float16 (``load_state_dict`` casts them back)."""
-    return {key: value.detach().cpu().half() if value.is_floating_point() and value.numel() >= HALF_PRECISION_MIN_SIZE
-            else value.detach().cpu() for key, value in state.items()}
+    """Large floating tensors as float16 (``load_state_dict`` casts them back), except the exact
+    Gaussian of a Gaussian-residual prior (``gaussian.*``: its directions must stay orthonormal to
+    ~1e-7, so float32)."""
+    def stored(key: str, value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().cpu()
+        if not value.is_floating_point():
+            return value
+        if key.startswith("gaussian.") or ".gaussian." in key:
+            return value.float()
+        return value.half() if value.numel() >= HALF_PRECISION_MIN_SIZE else value
+
+    return {key: stored(key, value) for key, value in state.items()}
 
 
 def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normalizer: MinMaxNormalizer | None = None,
