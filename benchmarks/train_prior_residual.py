@@ -1,8 +1,8 @@
 """Train a Gaussian-residual diffusion prior on a task's training split (resumable).
 
     MANIFOLD_APS_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/train_prior_residual.py \\
-        --task bunny_mnist --base mlp --base-config '{"width": 1024, "depth": 4}' --steps 60000 \\
-        --checkpoint checkpoints/bunny_residual_mlp.pt
+        --task bunny_mnist --base vertex_mlp --base-config '{"width": 64, "depth": 3}' --steps 3000 --lr 1e-3 \\
+        --checkpoint checkpoints/bunny_guided_vertex_mlp.pt
 
 Rerunning the same command resumes from ``--checkpoint`` (a ``train_prior`` training checkpoint,
 which :func:`~manifold_aps.diffusion.load_prior` also reads); the final EMA prior is written to
@@ -31,6 +31,7 @@ def main():
     parser.add_argument("--base", default="mlp")
     parser.add_argument("--base-config", default="{}", type=json.loads)
     parser.add_argument("--rank", type=int, default=256)
+    parser.add_argument("--components", type=int, default=1, help="> 1: a mixture of PPCA Gaussians")
     parser.add_argument("--steps", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -52,7 +53,7 @@ def main():
     else:
         start = time.perf_counter()
         prior = gaussian_residual_prior(task.train, layout, base=args.base, rank=args.rank, mesh=task.mesh,
-                                        guide=not args.unguided, **args.base_config)
+                                        guide=not args.unguided, components=args.components, **args.base_config)
         print(f"PPCA rank {args.rank} fitted in {time.perf_counter() - start:.0f} s; "
               f"network config {prior.network.config}", flush=True)
     config = prior_training_config("cpu", task.paper_task, iterations=args.steps, batch_size=args.batch,
