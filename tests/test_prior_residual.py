@@ -98,7 +98,7 @@ def test_bad_arguments_are_named():
 
 
 @pytest.mark.parametrize("channels", [1, 2])
-def test_guided_correction_reads_x_t_and_the_gaussian_estimate_per_vertex(channels):
+def test_guided_correction_reads_x_t_the_gaussian_estimate_and_the_mean_per_vertex(channels):
     train = _signals(200, channels)
     layout = VertexLayout(MESH.num_vertices, channels)
     network = gaussian_residual_prior(train, layout, base="vertex_mlp", rank=10, **BASES["vertex_mlp"]).network
@@ -113,10 +113,12 @@ def test_guided_correction_reads_x_t_and_the_gaussian_estimate_per_vertex(channe
     mean = network.gaussian.mean.float()
     expected_noisy = (x - alpha * mean) / torch.sqrt(alpha**2 * scale**2 + sigma**2)
     expected_guide = ((x - sigma * gaussian_noise) / alpha - mean) / scale  # (x̂_0^G − μ) / s_d
-    pairs = network.correction.layout.unflatten(seen[0])  # (B, V_pad, 2C)
+    inputs = network.correction.layout.unflatten(seen[0])  # (B, V_pad, 3C)
     real = layout.vertex_mask()
-    assert torch.allclose(pairs[:, real, :channels], layout.unflatten(expected_noisy)[:, real], atol=1e-5)
-    assert torch.allclose(pairs[:, real, channels:], layout.unflatten(expected_guide)[:, real], atol=1e-4)
+    assert torch.allclose(inputs[:, real, :channels], layout.unflatten(expected_noisy)[:, real], atol=1e-5)
+    assert torch.allclose(inputs[:, real, channels:2 * channels], layout.unflatten(expected_guide)[:, real], atol=1e-4)
+    expected_mean = layout.unflatten((mean / scale).expand_as(x))
+    assert torch.allclose(inputs[:, real, 2 * channels:], expected_mean[:, real], atol=1e-5)
     assert abs(scale - float(train.std())) < 0.5 * float(train.std())  # the RMS std of the data
 
 

@@ -332,8 +332,9 @@ def build_network(name: str, layout: VertexLayout, mesh=None, sde: VPSDE | None 
     if name == GaussianResidualNetwork.name:  # a combinator: its correction is built from the registry first
         config = dict(config)
         correction_layout = layout
-        if config.get("guide", False):  # F_θ reads [x_t, Gaussian estimate] at every vertex
-            correction_layout = VertexLayout(layout.num_vertices, 2 * layout.num_channels, layout.multiple)
+        if config.get("guide", False):  # F_θ reads [x_t, Gaussian estimate, mean] at every vertex
+            channels = GaussianResidualNetwork.correction_channels(layout.num_channels, True)
+            correction_layout = VertexLayout(layout.num_vertices, channels, layout.multiple)
         correction = build_network(config.pop("base", "mlp"), correction_layout, mesh=mesh, sde=sde,
                                    **(config.pop("base_config", None) or {}))
         return GaussianResidualNetwork(layout, correction, sde=sde, **config)

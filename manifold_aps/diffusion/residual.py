@@ -27,17 +27,16 @@ by 0.1 % after 2000 steps. ``F_θ`` is any network of
 initialisation ``ε_θ = ε_G`` exactly.
 
 **Guided correction** (``guide=True``, the default for new priors): ``F_θ`` also reads the
-Gaussian's own denoised estimate, per vertex, as ``C`` extra channels:
+Gaussian's own denoised estimate and the mean, per vertex, as ``2C`` extra channels:
 
-    F_θ([(x_t − α_t μ) / √(α_t² s_d² + σ_t²),  (x̂_0^G(x_t, t) − μ) / s_d], t)   (2C channels in, first C out),
+    F_θ([(x_t − α_t μ) / √(α_t² s_d² + σ_t²),  (x̂_0^G(x_t, t) − μ) / s_d,  μ / s_d], t)   (3C channels in, first C out),
 
-``s_d`` the data's RMS standard deviation (from the Gaussian). Without it, a correction that
-beats the Gaussian must first rebuild the Gaussian's linear estimate from ``x_t`` before it can
-bend it; with it, even a per-vertex network (``vertex_mlp``) learns the data's nonlinearity
-(MNIST strokes are 0 or 1, not 0.3) in hundreds of steps. Measured on Bunny-MNIST: an unguided
-width-1024 MLP correction stayed at the Gaussian's denoising error after 10 000 steps; a guided
-``vertex_mlp`` was at 0.57 / 0.58 / 0.72 of it at t = 0.02 / 0.05 / 0.1 after 250
-(docs/performance.md, "Prior quality").
+``s_d`` the data's RMS standard deviation (from the Gaussian). Without the estimate, a correction
+that beats the Gaussian must first rebuild the Gaussian's linear estimate from ``x_t`` before it
+can bend it; without the mean, a per-vertex correction cannot tell 0.3 from 0.3 + μ_v. With both,
+even a per-vertex network (``vertex_mlp``) learns the data's nonlinearity (MNIST strokes are 0
+or 1, not 0.3) in hundreds of steps (``tests/test_prior_residual.py``; measurements on the tasks
+in docs/performance.md, "Diffusion prior: beating the exact Gaussian").
 
 The Gaussian lives in the network's buffers (mean, directions, variances), with shapes fixed by
 the stored config (``rank``), so :func:`~manifold_aps.diffusion.saving.save_prior` /
@@ -70,8 +69,9 @@ class GaussianResidualNetwork(NoiseNetwork):
             ``base_config``).
         rank: number of Gaussian directions ``k`` (256); fixes the buffer shapes.
         correction_scale: ``s`` (1.0, for data normalised to an O(1) range).
-        guide: give ``F_θ`` the Gaussian's denoised estimate (then ``F_θ`` is built for ``2C``
-            channels; :func:`~manifold_aps.diffusion.networks.build_network` does that).
+        guide: give ``F_θ`` the Gaussian's denoised estimate and mean (then ``F_θ`` is built for
+            ``3C`` channels, :meth:`correction_channels`; :func:`~manifold_aps.diffusion.networks.build_network`
+            does that).
         data_scale: ``s_d`` of the guided inputs; None takes the Gaussian's RMS std.
         gaussian: the :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` over the ``V · C``
             real entries (vertex-major), e.g. ``fit_ppca(train, rank)``; None builds an empty
@@ -104,7 +104,7 @@ class GaussianResidualNetwork(NoiseNetwork):
             raise ValueError(f"correction_scale must be positive, got {correction_scale}")
         if not getattr(correction, "output_starts_at_zero", False):
             raise ValueError(f"the {correction.name!r} network does not start at zero output; choose one that does")
-        channels = layout.num_channels * (2 if guide else 1)
+        channels = self.correction_channels(layout.num_channels, guide)
         if (correction.layout.num_vertices, correction.layout.num_channels) != (layout.num_vertices, channels):
             raise ValueError(f"the correction must be built for {layout.num_vertices} vertices × {channels} channels "
                              f"(guide={guide}), got {correction.layout.num_vertices} × {correction.layout.num_channels}")
@@ -123,6 +123,12 @@ class GaussianResidualNetwork(NoiseNetwork):
                 raise ValueError(f"data_scale must be positive, got {data_scale}")
             self.config.update(guide=True, data_scale=float(data_scale))
 
+    @staticmethod
+    def correction_channels(channels: int, guide: bool) -> int:
+        """Channels per vertex that ``F_θ`` reads: ``3C`` guided (``x_t``, the Gaussian's estimate,
+        the mean), else ``C``."""
+        return 3 * channels if guide else channels
+
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha, sigma = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
         scale = self.config["correction_scale"]
@@ -136,9 +142,10 @@ class GaussianResidualNetwork(NoiseNetwork):
         noisy = centered * torch.rsqrt(alpha**2 * data_scale**2 + sigma**2)
         denoised = (centered - sigma * gaussian_noise) / (alpha * data_scale)  # (x̂_0^G − μ) / s_d
         layout = self.layout
-        pairs = torch.stack([layout.unflatten(noisy), layout.unflatten(denoised)], dim=3)  # (B, V_pad, C, 2)
-        pairs = pairs.transpose(2, 3).reshape(x.shape[0], -1)  # channels [x_t (C), guide (C)] per vertex
-        correction = self.correction.layout.unflatten(self.correction(pairs, t))[..., :layout.num_channels]
+        mean = (self.gaussian.mean.to(x.dtype) / data_scale).expand_as(x)
+        inputs = torch.stack([layout.unflatten(noisy), layout.unflatten(denoised), layout.unflatten(mean)], dim=3)
+        inputs = inputs.transpose(2, 3).reshape(x.shape[0], -1)  # per vertex: [x_t (C), estimate (C), mean (C)]
+        correction = self.correction.layout.unflatten(self.correction(inputs, t))[..., :layout.num_channels]
         return gaussian_noise - gain * correction.reshape(x.shape[0], -1)
 
 
