@@ -74,7 +74,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--only", nargs="*", help="network names to measure (default: all)")
+    parser.add_argument("--only", nargs="*", help="network names or row labels to measure (default: all)")
     parser.add_argument("--output", type=Path, help="write STEM.md and STEM.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,7 +85,7 @@ def main():
     meshes = {label: build() for label, build in MESHES.items()}
     rows = []
     for label, (name, config) in CONFIGS.items():
-        if args.only and name not in args.only:
+        if args.only and name not in args.only and label not in args.only:
             continue
         for layout_label, mesh in meshes.items():
             load = os.getloadavg()[0]
