@@ -45,8 +45,8 @@ CONFIGS = {
         base="diffusion_net", base_config=dict(num_modes=64, width=32, depth=4), rank=256)),
     "guided gaussian_residual vertex_mlp w64 d3": ("gaussian_residual", dict(
         base="vertex_mlp", base_config=dict(width=64, depth=3), rank=256, guide=True, data_scale=1.0)),
-    "guided mixture (K=4) residual vertex_mlp w64 d3": ("gaussian_residual", dict(
-        base="vertex_mlp", base_config=dict(width=64, depth=3), rank=256, guide=True, data_scale=1.0, components=4)),
+    "guided mixture (K=4) residual vertex_mlp w32 d2": ("gaussian_residual", dict(
+        base="vertex_mlp", base_config=dict(width=32, depth=2), rank=256, guide=True, data_scale=1.0, components=4)),
 }
 
 
