@@ -158,3 +158,21 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(tmp_path):
     for name, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][name]), name
     assert any(value.abs().sum() > 0 for name, value in rank0["state"].items() if "output.1.weight" in name)
+
+
+def test_ema_warms_up_so_the_initial_weights_fade_fast():
+    from manifold_aps.trainer import ExponentialMovingAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ExponentialMovingAverage(model, decay=0.999)
+    expected = 0.0
+    for step in range(1, 101):
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        ema.update(model, step)
+        decay = min(0.999, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay)
+        assert ema.shadow["weight"].item() == pytest.approx(expected, rel=1e-6)
+    assert ema.decay_at(10_000) == 0.999
+    assert ema.shadow["weight"].item() > 0.9  # a plain 0.999 EMA would be at 1 − 0.999¹⁰⁰ ≈ 0.10
