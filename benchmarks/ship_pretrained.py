@@ -8,6 +8,10 @@ the card's metrics are those of the weights users get.
     python benchmarks/ship_pretrained.py --task bunny_mnist --prior ckpt/bunny_mnist_prior_cpu.pt \
         --aps ckpt/bunny_mnist_aps_cpu.pt --prior-seconds 1400 --prior-command "manifold-aps train-prior ..." \
         --aps-command "manifold-aps fit ..."
+
+Without ``--aps``/``--blind`` only the prior is shipped, under ``--name`` (which must then differ
+from the task's, whose shipped samplers were trained against the task's own prior), e.g.
+``--name bunny_mnist_guided``; its card points to ``--quality``, the prior-quality results file.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from manifold_aps.tasks import load_task
 def card(task, prior, samplers: dict, scores: dict, args) -> str:
     network = prior.network
     size = sum(p.numel() for p in network.parameters())
-    lines = [f"# {task.name} — cpu-scale prior and APS sampler", "",
+    lines = [f"# {args.name} — cpu-scale prior" + (" and APS sampler" if samplers else ""), "",
              f"- data: {task.data_label}; {len(task.train)} training signals, {task.mesh.num_vertices} vertices, "
              f"hidden fraction {task.operator.hidden_fraction}, σ_y {task.operator.noise_std}",
              f"- prior: `{network.name}` {json.dumps(network.config)} ({size / 1e6:.2f} M parameters), "
@@ -41,6 +45,12 @@ def card(task, prior, samplers: dict, scores: dict, args) -> str:
         lines.append(f"- {'blind ' if model.blind else ''}APS: `{model.flow_kind}` flow {json.dumps(model.flow.config)}, "
                      f"Gaussian base of rank {model.base_rank if model.base is not None else 'none'}, "
                      f"{report.get('train_seconds', float('nan')):.0f} s wall; command: `{getattr(args, key + '_command')}`")
+    if not samplers:
+        env = environment()
+        return "\n".join(lines + [
+            "", f"No APS sampler is shipped with this prior. Denoising quality against the exact Gaussian: "
+            f"`{args.quality}`.", "", f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} on "
+            f"{env['machine']} (commit {env['commit']}). Load with `manifold_aps.pretrained.load_prior({args.name!r})`.", ""])
     lines += ["", f"Scores of the stored (float16-rounded) weights on {args.n_measurements} fixed-seed measurements "
               "of the test split (seed 1; 128 samples each; coverage of the 90 % interval on hidden vertices; the blind "
               "sampler's measurements hide a rate drawn per measurement in 30–60 %, the others the task's rate):", "",
@@ -68,26 +78,29 @@ def main():
     parser.add_argument("--aps-command", default="")
     parser.add_argument("--blind-command", default="")
     parser.add_argument("--n-measurements", type=int, default=64)
+    parser.add_argument("--name", help="shipped name (default: the task's)")
+    parser.add_argument("--quality", default="", help="prior-quality results file named in a prior-only card")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = load_task(args.task)
     prior = load_prior(args.prior)
     samplers = {key: AmortizedPosteriorSampler.load(path) for key, path in (("aps", args.aps), ("blind", args.blind)) if path}
-    if not samplers:
-        parser.error("give --aps and/or --blind")
+    args.name = args.name or args.task
+    if not samplers and args.name == args.task:
+        parser.error("give --aps and/or --blind, or ship the prior alone under another --name")
     V = task.mesh.num_vertices
     test = task.test[: args.n_measurements]
-    pretrained.export(task.name, prior, samplers, "# pending\n")
+    pretrained.export(args.name, prior, samplers, "# pending\n")
     scores = {}
     for key in samplers:
-        stored = pretrained.load_sampler(task.name, blind=key == "blind")
+        stored = pretrained.load_sampler(args.name, blind=key == "blind")
         operator = (BlindVertexMask(V, stored.layout.padded_vertices, (0.3, 0.6), task.operator.noise_std) if key == "blind"
                     else task.operator)
         scores[key] = evaluate_sampler(stored, operator, test, seed=1)
         print(key, scores[key])
     text = card(task, prior, samplers, scores, args)
-    (pretrained.FOLDER / f"{task.name}.md").write_text(text)
+    (pretrained.FOLDER / f"{args.name}.md").write_text(text)
     print(text)
 
 

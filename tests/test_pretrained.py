@@ -62,6 +62,9 @@ def test_shipped_models_load():
         task, blind = name.removesuffix("_blind"), name.endswith("_blind")
         model = pretrained.load_sampler(task, blind=blind)
         assert model.blind == blind and pretrained.model_card(task).startswith("#")
+    for name in pretrained.priors():
+        prior = pretrained.load_prior(name)
+        assert prior.normalizer is not None and pretrained.model_card(name).startswith("#")
 
 
 def test_a_gaussian_residual_prior_keeps_its_gaussian_in_float32(trained, tmp_path):

@@ -7,6 +7,10 @@ Each task ``name`` (``"bunny_mnist"``, ``"era5_proxy"``) has, in this folder,
   prior (they share ``<name>_prior.pt``),
 - ``<name>.md``: the model card (data, steps, wall time, metrics, the commands that made it).
 
+A prior may also ship alone under its own name (``bunny_mnist_guided``: the guided
+Gaussian-residual prior of Bunny-MNIST, for the zero-shot samplers), loaded with
+:func:`load_prior`; :func:`priors` lists every shipped prior.
+
 Large weight tensors are stored as float16 to keep the package small and are loaded back as
 float32; the model cards report metrics measured with the stored (float16-rounded) weights.
 
@@ -30,7 +34,7 @@ from manifold_aps.diffusion.saving import load_prior as _load_prior_file
 from manifold_aps.diffusion.saving import prior_record
 from manifold_aps.signals import MinMaxNormalizer
 
-__all__ = ["FOLDER", "available", "load_prior", "load_sampler", "model_card", "export"]
+__all__ = ["FOLDER", "available", "priors", "load_prior", "load_sampler", "model_card", "export"]
 
 FOLDER = Path(__file__).resolve().parent
 HALF_PRECISION_MIN_SIZE = 4096
@@ -51,6 +55,11 @@ def available(folder=FOLDER) -> list[str]:
         files = _files(task, folder)
         names += [task] * files["aps"].exists() + [f"{task}_blind"] * files["blind"].exists()
     return names
+
+
+def priors(folder=FOLDER) -> list[str]:
+    """Names of every shipped prior (with or without samplers), for :func:`load_prior`."""
+    return sorted(path.name[: -len("_prior.pt")] for path in Path(folder).glob("*_prior.pt"))
 
 
 def _require(path: Path, name: str, folder: Path) -> Path:
