@@ -14,8 +14,8 @@ same noise draws ``x_t = α_t x_0 + σ_t e``:
 - prior samples (ancestral, ``--sample-steps`` steps) rendered beside real test signals.
 
 Writes ``benchmarks/results/prior_quality_<task>.{json,md}``, ``…_ratio.png`` and ``…_samples.png``.
-A ``--prior`` is ``label=path`` with ``path`` a prior file, a ``train_prior`` checkpoint, or
-``pretrained`` (the shipped prior of the task).
+A ``--prior`` is ``label=path`` with ``path`` a prior file, a ``train_prior`` checkpoint,
+``pretrained`` (the shipped prior of the task) or ``pretrained:<name>`` (a shipped prior by name).
 """
 
 from __future__ import annotations
@@ -71,7 +71,10 @@ def negative_elbo_per_entry(prior, x0: torch.Tensor, num_times: int, seed: int, 
 
 
 def load_named_prior(path: str, task_name: str):
-    return pretrained.load_prior(task_name) if path == "pretrained" else load_prior(path)
+    """``pretrained`` (the task's shipped prior), ``pretrained:<name>`` (a shipped prior by name) or a file."""
+    if path == "pretrained" or path.startswith("pretrained:"):
+        return pretrained.load_prior(path.partition(":")[2] or task_name)
+    return load_prior(path)
 
 
 def plot_ratios(rows: dict, path: Path, title: str) -> Path:
