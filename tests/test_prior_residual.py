@@ -136,13 +136,16 @@ def test_vertex_mlp_does_not_mix_vertices():
     assert float(change.sum() - change[5]) == 0.0
 
 
-def test_guided_vertex_mlp_beats_the_gaussian_on_binary_signals():
+@pytest.mark.parametrize("guide", [True, False])
+def test_only_the_guided_correction_beats_the_gaussian_on_binary_signals(guide):
     """Signals that are 0 or 1 at every vertex: the Gaussian's estimate is a blur between the two, a
-    per-vertex correction that reads it learns to push it back to 0 or 1 (a few hundred steps)."""
+    per-vertex correction that reads it learns to push it back to 0 or 1 (a few hundred steps); an
+    MLP correction that reads only x_t, trained the same way, barely moves."""
     torch.manual_seed(0)
     train = (_signals(2000) > 0.3).float()
     layout = VertexLayout(MESH.num_vertices)
-    prior = gaussian_residual_prior(train, layout, base="vertex_mlp", rank=10, width=32, depth=2, time_dim=16)
+    prior = gaussian_residual_prior(train, layout, base="vertex_mlp" if guide else "mlp", rank=10, width=32, depth=2,
+                                    time_dim=16, guide=guide)
     config = aps.diffusion.prior_training_config("smoke", iterations=300, batch_size=64, learning_rate=3e-3,
                                                  ema_decay=0.9, warmup_iterations=20, progress=False)
     aps.diffusion.train_prior(prior, layout.pad(train), config)
@@ -154,7 +157,7 @@ def test_guided_vertex_mlp_beats_the_gaussian_on_binary_signals():
     with torch.no_grad():
         errors = [(((noisy - sigma * p(noisy, t)) / alpha - test)[:, prior.network.real_entries] ** 2).mean()
                   for p in (prior, gaussian)]
-    assert errors[0] < 0.3 * errors[1]
+    assert errors[0] < 0.3 * errors[1] if guide else errors[0] > 0.8 * errors[1]
 
 
 def test_a_mixture_of_ppca_can_stand_in_for_the_gaussian_and_round_trips(tmp_path):
