@@ -272,26 +272,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"))
 
 
-def train_or_load(task, args, network: str = "mlp", network_config: dict | None = None, log=print):
+def train_or_load(task, args, log=print):
     """The task's prior and APS model: loaded with ``--from-checkpoint``, else trained (and saved).
 
     ``--prior FILE`` replaces the prior; without ``--from-checkpoint`` nothing is then trained and
     the model is None (no APS rows).
     """
     if not getattr(args, "prior", None):
-        return _train_or_load(task, args, network, network_config, log)
+        return _train_or_load(task, args, log)
     from manifold_aps.diffusion import load_prior
 
     model = seconds = None
     if args.from_checkpoint:
-        _, model, seconds = _train_or_load(task, args, network, network_config, log)
+        _, model, seconds = _train_or_load(task, args, log)
     return load_prior(args.prior), model, seconds
 
 
-def _train_or_load(task, args, network: str, network_config: dict | None, log):
+def _train_or_load(task, args, log):
     from manifold_aps.aps import AmortizedPosteriorSampler, fit
-    from manifold_aps.diffusion import DiffusionPrior, build_network, load_prior, prior_training_config, save_prior, train_prior
-    
+    from manifold_aps.diffusion import load_prior, prior_training_config, save_prior, train_prior
+    from manifold_aps.diffusion.training import preset_residual_prior
+
     defaults = preset(args.scale, "benchmark")
     if args.from_checkpoint == "pretrained":
         from manifold_aps import pretrained
@@ -307,7 +308,7 @@ def _train_or_load(task, args, network: str, network_config: dict | None, log):
     layout = VertexLayout(task.mesh.num_vertices, task.train.shape[-1], grid=latlon_grid(task.mesh))
     train = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
     started = time.perf_counter()
-    prior = DiffusionPrior(build_network(network, layout, mesh=task.mesh, **(network_config or {})), layout)
+    prior = preset_residual_prior(train, layout, task.mesh, args.scale)  # the prior fit trains by default
     overrides = {} if defaults["prior_iterations"] is None else {"iterations": defaults["prior_iterations"]}
     config = prior_training_config(args.scale, task.paper_task, seed=args.seed, **overrides)
     train_prior(prior, layout.pad(train), config, checkpoint_path=folder / f"{task.name}_prior_{args.scale}.training.pt")
