@@ -34,7 +34,7 @@ from manifold_aps.diffusion.residual import GaussianResidualNetwork
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.signals import VertexLayout
 
-__all__ = ["UNet1D", "ResidualMLP", "SpectralMLP", "VertexMLP", "NETWORKS", "build_network"]
+__all__ = ["UNet1D", "FiLMMLPNetwork", "ResidualMLP", "SpectralMLP", "VertexMLP", "NETWORKS", "build_network"]
 
 
 class _ResidualBlock1D(nn.Module):
@@ -157,7 +157,30 @@ class UNet1D(NoiseNetwork):
         return self.head(h).transpose(1, 2).reshape(batch, -1)
 
 
-class ResidualMLP(NoiseNetwork):
+class FiLMMLPNetwork(NoiseNetwork):
+    """The FiLM residual MLP shared by :class:`ResidualMLP`, :class:`SpectralMLP` and
+    :class:`VertexMLP`: ``W_out LN(h_K)``, ``h_0 = W_in u``, ``h_k = FiLMBlock(h_{k-1}, τ(t))``,
+    with a zero-initialised ``W_out``."""
+
+    def _build_trunk(self, in_features: int, out_features: int, width: int, depth: int, time_dim: int):
+        if width < 1 or depth < 0:
+            raise ValueError(f"need width ≥ 1 and depth ≥ 0, got {width}, {depth}")
+        self.time_embedding = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim),
+                                            nn.SiLU())
+        self.input = nn.Linear(in_features, width)
+        self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
+        self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_features))
+        nn.init.zeros_(self.output[-1].weight)
+        nn.init.zeros_(self.output[-1].bias)
+
+    def _trunk(self, inputs: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        h = self.input(inputs)
+        for block in self.blocks:
+            h = block(h, time_features)
+        return self.output(h)
+
+
+class ResidualMLP(FiLMMLPNetwork):
     """``ε_θ(x, t) = W_out h_K + c(t) x`` with ``h_0 = W_in x`` and FiLM residual blocks.
 
     The time-gated identity skip ``c(t) x`` carries the part of the noise that is a multiple of
@@ -177,29 +200,18 @@ class ResidualMLP(NoiseNetwork):
     def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, width: int = 512, depth: int = 4,
                  time_dim: int = 128):
         super().__init__(layout, sde)
-        if width < 1 or depth < 0:
-            raise ValueError(f"need width ≥ 1 and depth ≥ 0, got {width}, {depth}")
         self.config = dict(width=width, depth=depth, time_dim=time_dim)
-        self.time_embedding = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim),
-                                            nn.SiLU())
-        self.input = nn.Linear(layout.dim, width)
-        self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
-        self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, layout.dim))
+        self._build_trunk(layout.dim, layout.dim, width, depth, time_dim)
         self.skip_gain = nn.Linear(time_dim, 1)
-        nn.init.zeros_(self.output[-1].weight)
-        nn.init.zeros_(self.output[-1].bias)
         nn.init.zeros_(self.skip_gain.weight)
         nn.init.zeros_(self.skip_gain.bias)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         time_features = self.time_embedding(t)
-        h = self.input(x)
-        for block in self.blocks:
-            h = block(h, time_features)
-        return self.output(h) + self.skip_gain(time_features) * x
+        return self._trunk(x, time_features) + self.skip_gain(time_features) * x
 
 
-class SpectralMLP(NoiseNetwork):
+class SpectralMLP(FiLMMLPNetwork):
     """``ε_θ(x, t) = U f_θ(Uᵀ x, t) + c(t) (x − U Uᵀ x)`` per channel on the real vertices,
     ``c(t) = sigmoid(g_θ(t)) / σ_t``.
 
@@ -237,14 +249,8 @@ class SpectralMLP(NoiseNetwork):
             basis = torch.linalg.qr(torch.as_tensor(eigenvectors, dtype=torch.float64))[0].float()
         self.register_buffer("basis", basis)
         channels = layout.num_channels
-        self.time_embedding = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim),
-                                            nn.SiLU())
-        self.input = nn.Linear(num_modes * channels, width)
-        self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
-        self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, num_modes * channels))
+        self._build_trunk(num_modes * channels, num_modes * channels, width, depth, time_dim)
         self.complement_gain = nn.Linear(time_dim, channels)
-        nn.init.zeros_(self.output[-1].weight)
-        nn.init.zeros_(self.output[-1].bias)
         nn.init.zeros_(self.complement_gain.weight)
         nn.init.zeros_(self.complement_gain.bias)
 
@@ -255,10 +261,8 @@ class SpectralMLP(NoiseNetwork):
         real = self.layout.unflatten(x)[:, :vertices]  # (B, V, C)
         coefficients = torch.einsum("vk,bvc->bkc", self.basis, real)
         time_features = self.time_embedding(t)
-        h = self.input(coefficients.reshape(batch, -1))
-        for block in self.blocks:
-            h = block(h, time_features)
-        smooth = torch.einsum("vk,bkc->bvc", self.basis, self.output(h).reshape(coefficients.shape))
+        corrected = self._trunk(coefficients.reshape(batch, -1), time_features).reshape(coefficients.shape)
+        smooth = torch.einsum("vk,bkc->bvc", self.basis, corrected)
         complement = real - torch.einsum("vk,bkc->bvc", self.basis, coefficients)
         gain = torch.sigmoid(self.complement_gain(time_features)) / self.sde.sigma(t)[:, None]
         prediction = smooth + gain[:, None, :] * complement
@@ -266,7 +270,7 @@ class SpectralMLP(NoiseNetwork):
         return padded.reshape(batch, -1)
 
 
-class VertexMLP(NoiseNetwork):
+class VertexMLP(FiLMMLPNetwork):
     """``ε_θ(x, t)_v = W_out h_K(x_v, t)``: the same FiLM residual MLP at every vertex ``v``, on the
     vertex's ``C`` channels only, with a zero-initialised output layer.
 
@@ -289,23 +293,12 @@ class VertexMLP(NoiseNetwork):
     def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, width: int = 64, depth: int = 3,
                  time_dim: int = 64):
         super().__init__(layout, sde)
-        if width < 1 or depth < 0:
-            raise ValueError(f"need width ≥ 1 and depth ≥ 0, got {width}, {depth}")
         self.config = dict(width=width, depth=depth, time_dim=time_dim)
-        self.time_embedding = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim),
-                                            nn.SiLU())
-        self.input = nn.Linear(layout.num_channels, width)
-        self.blocks = nn.ModuleList(FiLMBlock(width, time_dim) for _ in range(depth))
-        self.output = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, layout.num_channels))
-        nn.init.zeros_(self.output[-1].weight)
-        nn.init.zeros_(self.output[-1].bias)
+        self._build_trunk(layout.num_channels, layout.num_channels, width, depth, time_dim)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         time_features = self.time_embedding(t)  # (B, T), broadcast over the vertex-major (V_pad, B, W)
-        h = self.input(self.layout.unflatten(x).transpose(0, 1))
-        for block in self.blocks:
-            h = block(h, time_features)
-        return self.output(h).transpose(0, 1).reshape(x.shape[0], -1)
+        return self._trunk(self.layout.unflatten(x).transpose(0, 1), time_features).transpose(0, 1).reshape(x.shape[0], -1)
 
 
 #: the networks :func:`build_network` knows, by name

@@ -134,7 +134,8 @@ class GaussianResidualNetwork(NoiseNetwork):
         scale = self.config["correction_scale"]
         input_scale = torch.rsqrt(alpha**2 * scale**2 + sigma**2)
         gain = scale * alpha * input_scale
-        centered = x - alpha * self.gaussian.mean.to(x.dtype)
+        mean = self.gaussian.mean.to(x.dtype)  # a mixture's is computed from its components: once per call
+        centered = x - alpha * mean
         gaussian_noise = self.gaussian(x, t)
         if not self.config.get("guide", False):
             return gaussian_noise - gain * self.correction(centered * input_scale, t)
@@ -142,8 +143,8 @@ class GaussianResidualNetwork(NoiseNetwork):
         noisy = centered * torch.rsqrt(alpha**2 * data_scale**2 + sigma**2)
         denoised = (centered - sigma * gaussian_noise) / (alpha * data_scale)  # (x̂_0^G − μ) / s_d
         layout = self.layout
-        mean = (self.gaussian.mean.to(x.dtype) / data_scale).expand_as(x)
-        inputs = torch.stack([layout.unflatten(noisy), layout.unflatten(denoised), layout.unflatten(mean)], dim=3)
+        scaled_mean = (mean / data_scale).expand_as(x)
+        inputs = torch.stack([layout.unflatten(noisy), layout.unflatten(denoised), layout.unflatten(scaled_mean)], dim=3)
         inputs = inputs.transpose(2, 3).reshape(x.shape[0], -1)  # per vertex: [x_t (C), estimate (C), mean (C)]
         correction = self.correction.layout.unflatten(self.correction(inputs, t))[..., :layout.num_channels]
         return gaussian_noise - gain * correction.reshape(x.shape[0], -1)
