@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -189,7 +190,7 @@ def _draw_batch(data, generator: torch.Generator, global_batch: int, rank: int, 
 
 def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfig, checkpoint_path=None,
           resume: bool = True, metadata: dict | None = None,
-          callback: Callable | None = None) -> TrainingResult:
+          callback: Callable | None = None, time_limit_s: float | None = None) -> TrainingResult:
     """Optimise ``model`` in place for ``config.iterations`` steps (see the module docstring).
 
     Arguments:
@@ -201,6 +202,9 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
             defines the run besides the data and config (e.g. how to rebuild the model). Leave out
             what may change on resumption (such as the number of iterations).
         callback: ``callback(step, loss, model)`` after each step, ``step`` counted from 1.
+        time_limit_s: stop after the first step that ends this many seconds (wall clock) after the
+            call began, with a checkpoint there; the result's ``step`` says how far it got, and
+            calling again with the same arguments continues. Not part of the run's fingerprint.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel and
     rank 0 writes the checkpoints.
@@ -215,6 +219,9 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
                         f"got {type(data).__name__}")
     if isinstance(data, torch.Tensor) and data.shape[0] == 0:
         raise ValueError("data holds no examples")
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise ValueError(f"time_limit_s must be positive or None, got {time_limit_s}")
+    began = time.perf_counter()
     device = resolve_device(config.device)
     rank, world = _distributed_context(device)
     if config.batch_size % world:
@@ -248,6 +255,7 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
             raise ValueError(f"{path} is at step {start}, beyond config.iterations = {config.iterations}")
 
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    done = start
     parameters = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not config.progress or rank != 0,
                desc="train", dynamic_ncols=True)
@@ -280,15 +288,30 @@ def train(model: torch.nn.Module, loss_fn: Callable, data, config: TrainingConfi
         done = step + 1
         if callback is not None:
             callback(done, losses[-1], model)
-        if path is not None and rank == 0 and (done % config.checkpoint_every == 0 or done == config.iterations):
+        out_of_time = _out_of_time(began, time_limit_s, device, world)
+        if path is not None and rank == 0 and (done % config.checkpoint_every == 0 or done == config.iterations
+                                               or out_of_time):
             save_checkpoint(path, {
                 "config": dataclasses.asdict(config), "metadata": metadata or {}, "fingerprint": fingerprint, "step": done,
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": {"data": data_generator.get_state(), "torch": torch.get_rng_state()},
                 "losses": torch.tensor(losses, dtype=torch.float64),
             }, kind="training")
+        if out_of_time:
+            break
     bar.close()
-    return TrainingResult(step=max(start, config.iterations), losses=losses, ema=ema)
+    return TrainingResult(step=done, losses=losses, ema=ema)
+
+
+def _out_of_time(began: float, time_limit_s: float | None, device: torch.device, world: int) -> bool:
+    """Whether ``time_limit_s`` has passed since ``began``; under ``torchrun`` rank 0's clock decides
+    for all ranks, so they stop at the same step."""
+    if time_limit_s is None:
+        return False
+    flag = torch.tensor([float(time.perf_counter() - began >= time_limit_s)], device=device)
+    if world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def run_fingerprint(data, metadata: dict | None = None) -> dict:

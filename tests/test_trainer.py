@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,26 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     with pytest.raises(ValueError, match="learning_rate"):
         train(_model(), _noisy_loss, data, dataclasses.replace(CONFIG, learning_rate=1.0),
               checkpoint_path=tmp_path / "run.pt")
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resuming_finishes_the_same_run(tmp_path):
+    data = _regression_problem()
+    straight = _model()
+    train(straight, _noisy_loss, data, CONFIG)
+
+    def slow_loss(model, batch, generator):
+        time.sleep(0.05)
+        return _noisy_loss(model, batch, generator)
+
+    stopped = train(_model(), slow_loss, data, CONFIG, checkpoint_path=tmp_path / "run.pt", time_limit_s=0.12)
+    assert 3 <= stopped.step < CONFIG.iterations and len(stopped.losses) == stopped.step
+    assert load_checkpoint(tmp_path / "run.pt", kind="training")["step"] == stopped.step
+    fresh = _model()
+    assert train(fresh, _noisy_loss, data, CONFIG, checkpoint_path=tmp_path / "run.pt").step == CONFIG.iterations
+    for a, b in zip(straight.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="time_limit_s"):
+        train(_model(), _noisy_loss, data, CONFIG, time_limit_s=0)
 
 
 def test_resuming_another_run_is_refused_and_resume_false_starts_afresh(tmp_path):

@@ -75,7 +75,7 @@ def denoising_score_matching_loss(noise_predictor: Callable, x0: torch.Tensor,
 
 def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfig, checkpoint_path=None,
                 resume: bool = True, use_ema: bool = True, callback: Callable | None = None,
-                time_power: float = 1.0) -> TrainingResult:
+                time_power: float = 1.0, time_limit_s: float | None = None) -> TrainingResult:
     """Fit ``prior.network`` to ``data`` by denoising score matching; returns the trainer's result.
 
     Arguments:
@@ -83,6 +83,8 @@ def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfi
             (normalise them first, e.g. to [0, 1]).
         use_ema: leave the EMA weights in ``prior`` at the end (what sampling and APS should use).
         time_power: ``p`` of :func:`denoising_score_matching_loss`'s time draw (1: uniform).
+        time_limit_s: wall-clock budget of this call (:func:`~manifold_aps.trainer.train`); the
+            result's ``step`` says how far it got.
 
     Checkpoints store the prior's description, so :func:`~manifold_aps.diffusion.saving.load_prior`
     can rebuild the prior from a training checkpoint too.
@@ -110,7 +112,8 @@ def train_prior(prior: DiffusionPrior, data: torch.Tensor, config: TrainingConfi
         return denoising_score_matching_loss(model, batch, generator, sde, time_power)
 
     result = train(prior, loss_fn, data, config, checkpoint_path=checkpoint_path, resume=resume,
-                   metadata={"prior": describe_prior(prior)} | ({} if time_power == 1.0 else {"time_power": time_power}), callback=callback)
+                   metadata={"prior": describe_prior(prior)} | ({} if time_power == 1.0 else {"time_power": time_power}), callback=callback,
+                   time_limit_s=time_limit_s)
     if use_ema:
         result.ema.copy_to(prior)
     return result
