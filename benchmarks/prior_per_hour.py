@@ -45,6 +45,7 @@ ROWS = RESULTS / "prior_per_hour"
 DESIGNS = {
     "unet1d": ("plain", "unet1d", dict(channels=32, channel_multipliers=(1, 2, 2, 4)), 2e-4),
     "mlp": ("plain", "mlp", dict(width=512, depth=3), 2e-4),
+    "guided_mlp": ("guided", "mlp", dict(width=512, depth=3), 2e-4),
     "guided_vertex_mlp": ("guided", "vertex_mlp", dict(width=32, depth=2), 1e-3),
     "guided_diffusion_net_k32_w16": ("guided", "diffusion_net", dict(num_modes=32, width=16, depth=2), 1e-3),
     "guided_diffusion_net_k64_w32": ("guided", "diffusion_net", dict(num_modes=64, width=32, depth=2), 1e-3),
