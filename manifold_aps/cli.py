@@ -236,7 +236,8 @@ def cmd_fit(args) -> int:
         mask_rate, noise_std = args.mask_rate, args.noise_std
     prior = load_prior(args.prior) if args.prior else None
     overrides = {key: value for key, value in (("iterations", args.iterations), ("flow_depth", args.flow_depth),
-                                               ("hidden", args.hidden)) if value is not None}
+                                               ("hidden", args.hidden), ("num_times", args.num_times),
+                                               ("marginal_components", args.marginal_components)) if value is not None}
     started = time.perf_counter()
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument("--flow-depth", "--n-steps", dest="flow_depth", type=int, default=None,
                          help="coupling steps of the flow (default: the scale's preset; --n-steps is the old name)")
     fitting.add_argument("--hidden", type=int, default=None, help="flow coupling width (default: the scale's preset)")
+    fitting.add_argument("--num-times", type=int, default=None, help="ELBO draws per flow sample (default: the preset)")
+    fitting.add_argument("--marginal-components", type=int, default=None,
+                         help="K > 0: a per-entry monotone map with K tanh terms after the Gaussian base (default 0)")
     fitting.add_argument("--base-rank", type=int, default=64,
                          help="largest rank of the Gaussian (optimal-interpolation) base of the flow")
     fitting.add_argument("--no-gaussian-base", action="store_true", help="train the flow from z alone (as the paper)")

@@ -73,6 +73,13 @@ class GaussianRoot:
         E = self.directions
         return self.mean + self.scale * (u + torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, u)))
 
+    def marginal_std(self) -> torch.Tensor:
+        """``√Σ_dd`` ``(B, D)``: ``scale_d · ‖row d of (I + E Eᵀ)‖``, i.e. ``scale_d² (1 + 2‖E_d‖² + E_d EᵀE E_dᵀ)``."""
+        E = self.directions
+        rows = (E**2).sum(-1)
+        quadratic = torch.einsum("bdr,brs,bds->bd", E, E.transpose(1, 2) @ E, E)
+        return self.scale * (1 + 2 * rows + quadratic).sqrt()
+
     def log_det(self) -> torch.Tensor:
         """``log|det ∂x/∂u|`` ``(B,)``."""
         E = self.directions

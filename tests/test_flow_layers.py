@@ -217,3 +217,24 @@ def test_mesh_condition_encoder_keeps_the_raw_condition_and_mixes_neighbours():
     two_hops = set(second.tolist()) | set(neighbours.tolist()) | {0}
     far = [vertex for vertex in range(V) if vertex not in two_hops]
     assert far and (change[far] == 0).all()  # two order-2 convolutions: two hops at most
+
+
+def test_vertexwise_monotone_is_increasing_with_the_autograd_log_det_and_starts_near_the_identity():
+    from manifold_aps.flows import VertexwiseMonotone
+
+    torch.manual_seed(0)
+    B, V, C = 3, 5, 2
+    features, mean, scale = torch.randn(B, V, 4), torch.randn(B, V, C), torch.rand(B, V, C) + 0.1
+    fresh = VertexwiseMonotone(C, 4, components=3)
+    x = torch.randn(7, B, V, C)
+    y, log_det = fresh(x, features, mean, scale)
+    assert y.shape == x.shape and log_det.shape == (7, B)
+    torch.testing.assert_close(y, x, atol=0.01 * float(scale.max()), rtol=0)
+    torch.nn.init.normal_(fresh.head.weight, std=1.0)
+    x.requires_grad_(True)
+    y, log_det = fresh(x, features, mean, scale)
+    slope = torch.autograd.grad(y.sum(), x)[0]  # entrywise map: the Jacobian is diagonal
+    assert (slope > 0).all()
+    torch.testing.assert_close(log_det, slope.log().flatten(-2).sum(-1), atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="features"):
+        fresh(x, features[..., :3], mean, scale)

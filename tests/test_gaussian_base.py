@@ -89,3 +89,55 @@ def test_fit_without_base_trains_a_plain_flow(field):
     model = aps.fit(MESH, signals, noise_std=NOISE, prior=exact_prior(field), scale="smoke", progress=False,
                     iterations=2, gaussian_base=False)
     assert model.base is None
+
+
+def test_root_marginal_std_is_the_exact_posterior_std(field):
+    measurement = measurement_of(field)
+    root = identity_model(field).base_root(measurement)
+    exact = field.posterior(measurement.y[:, : LAYOUT.num_vertices, 0], measurement.observed[:, : LAYOUT.num_vertices],
+                            NOISE)
+    torch.testing.assert_close(root.marginal_std(), exact.std.float(), rtol=1e-4, atol=1e-6)
+
+
+def marginal_model(field):
+    from manifold_aps.aps import marginal_feature_channels
+    from manifold_aps.flows import VertexwiseMonotone
+
+    model = identity_model(field)
+    torch.manual_seed(1)
+    marginal = VertexwiseMonotone(1, marginal_feature_channels(LAYOUT, blind=False), components=3)
+    torch.nn.init.normal_(marginal.head.weight, std=0.5)  # a map far from the identity
+    return AmortizedPosteriorSampler(model.flow, model.prior, model.operator, base=field, base_rank=64, marginal=marginal)
+
+
+def test_marginal_map_adds_its_log_det_and_is_saved(field, tmp_path):
+    model = marginal_model(field)
+    measurement = measurement_of(field)
+    root = model.base_root(measurement)
+    z = torch.randn(len(measurement), model.flow.dim)
+    x, log_det = model.generate(measurement, z)
+    flow_values, flow_log_det = model.flow(z, model.condition(measurement, root))
+    before = root.transform(flow_values).requires_grad_(True)
+    after, _ = model._apply_marginal(before, measurement, root)
+    slope = torch.autograd.grad(after.sum(), before)[0]  # the map is entrywise: its Jacobian is diagonal
+    assert (slope > 0).all()
+    torch.testing.assert_close(log_det, flow_log_det + root.log_det() + slope.log().sum(1), atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(x[:, : LAYOUT.num_vertices, 0], after.detach(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(after, before, atol=1e-3)
+    model.save(tmp_path / "m.pt")
+    loaded = AmortizedPosteriorSampler.load(tmp_path / "m.pt")
+    torch.testing.assert_close(loaded.sample_measurement(measurement, 3, torch.Generator().manual_seed(2)),
+                               model.sample_measurement(measurement, 3, torch.Generator().manual_seed(2)))
+
+
+def test_marginal_map_needs_a_base_and_matching_features(field):
+    from manifold_aps.flows import VertexwiseMonotone
+
+    model = identity_model(field)
+    with pytest.raises(ValueError, match="needs a base"):
+        AmortizedPosteriorSampler(model.flow, model.prior, model.operator, marginal=VertexwiseMonotone(1, 8))
+    with pytest.raises(ValueError, match="features"):
+        AmortizedPosteriorSampler(model.flow, model.prior, model.operator, base=field, marginal=VertexwiseMonotone(1, 5))
+    with pytest.raises(ValueError, match="gaussian_base=True"):
+        aps.fit(MESH, field.sample(8, torch.Generator().manual_seed(0)).numpy(), prior=exact_prior(field),
+                scale="smoke", gaussian_base=False, marginal_components=2, progress=False)

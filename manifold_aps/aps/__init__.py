@@ -28,7 +28,10 @@ prior fitted to the training signals (optimal interpolation,
 with ``μ`` the posterior mean and ``s, E`` a square root of the posterior covariance that keeps
 its ``base_rank`` leading directions and every marginal variance exactly (in blind mode given
 the mask read off ``y``). ``F_φ`` starts as the identity, so training starts from the
-optimal-interpolation posterior, correlations included.
+optimal-interpolation posterior, correlations included. With ``marginal_components = K`` a
+per-entry monotone map (:class:`~manifold_aps.flows.VertexwiseMonotone`, one small MLP shared by
+all vertices) follows the base, ``x = g(μ(y) + s(y) ⊙ (u + E Eᵀ u))``, to reshape its Gaussian
+marginals; ``log|det|`` gains ``Σ log g'``.
 
 Modules: :mod:`~manifold_aps.aps.config` (:class:`APSConfig`), :mod:`~manifold_aps.aps.sampler`
 (:class:`AmortizedPosteriorSampler`: objective, sampling, persistence),
@@ -38,7 +41,7 @@ Modules: :mod:`~manifold_aps.aps.config` (:class:`APSConfig`), :mod:`~manifold_a
 
 from manifold_aps.aps.config import APSConfig
 from manifold_aps.aps.fitting import fit
-from manifold_aps.aps.sampler import AmortizedPosteriorSampler, condition_channels
+from manifold_aps.aps.sampler import AmortizedPosteriorSampler, condition_channels, marginal_feature_channels
 from manifold_aps.aps.training import train_aps
 
-__all__ = ["APSConfig", "AmortizedPosteriorSampler", "condition_channels", "train_aps", "fit"]
+__all__ = ["APSConfig", "AmortizedPosteriorSampler", "condition_channels", "marginal_feature_channels", "train_aps", "fit"]

@@ -28,7 +28,9 @@ class APSConfig:
     are flat names: ``iterations`` (optimiser steps), ``batch_size``, ``learning_rate``,
     ``warmup_iterations``, ``grad_clip``, ``ema_decay``, ``checkpoint_every``, ``seed``,
     ``weight_decay`` for the optimisation; ``flow_depth`` (coupling steps), ``hidden``,
-    ``layers``, ``scale_bound``, ``num_times`` for the flow and the objective.
+    ``layers``, ``scale_bound``, ``num_times`` for the flow and the objective;
+    ``marginal_components``: ``K > 0`` adds a :class:`~manifold_aps.flows.VertexwiseMonotone` with
+    ``K`` tanh terms after the Gaussian base (0: none).
     """
 
     training: TrainingConfig
@@ -37,6 +39,7 @@ class APSConfig:
     layers: int = 2
     scale_bound: float = 2.0
     num_times: int = 1  # Monte-Carlo (t, e) draws of the ELBO per flow sample
+    marginal_components: int = 0
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "APSConfig":
@@ -58,6 +61,8 @@ class APSConfig:
     def __post_init__(self):
         if self.flow_depth < 1 or self.num_times < 1 or self.training.iterations < 1:
             raise ValueError(f"iterations, flow_depth and num_times must be ≥ 1, got {self}")
+        if self.marginal_components < 0:
+            raise ValueError(f"marginal_components must be ≥ 0, got {self.marginal_components}")
         if not (math.isfinite(self.scale_bound) and self.scale_bound > 0):
             raise ValueError(f"scale_bound (the bound on each coupling's log-scale) must be a positive number, "
                              f"got {self.scale_bound}")

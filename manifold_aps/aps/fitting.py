@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from manifold_aps.aps.config import APSConfig
-from manifold_aps.aps.sampler import AmortizedPosteriorSampler, condition_channels
+from manifold_aps.aps.sampler import AmortizedPosteriorSampler, condition_channels, marginal_feature_channels
 from manifold_aps.aps.training import train_aps
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.flows.factory import FLOWS, build_flow
+from manifold_aps.flows.vertexwise import VertexwiseMonotone
 from manifold_aps.gaussian_posterior import candidate_ranks, fit_gaussian_base
 from manifold_aps.mesh import Mesh
 from manifold_aps.operators import BlindVertexMask, RandomVertexMask, check_hidden_fraction, check_noise_std
@@ -120,8 +121,12 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
                 if gaussian_base else None)
         flow_model = build_flow(flow, layout, condition_channels(layout, blind, base is not None), mesh.edge_index.cpu(),
                                 **config.flow_shape())
+        if config.marginal_components and base is None:
+            raise ValueError("marginal_components > 0 (a vertexwise map after the Gaussian base) needs gaussian_base=True")
+        marginal = (VertexwiseMonotone(layout.num_channels, marginal_feature_channels(layout, blind),
+                                       config.marginal_components) if config.marginal_components else None)
         model = AmortizedPosteriorSampler(flow_model, prior.cpu(), operator, num_times=config.num_times, base=base,
-                                          normalizer=normalizer)
+                                          normalizer=normalizer, marginal=marginal)
         train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
                   resume=resume, progress=progress, device=device)
     if test_signals is not None:

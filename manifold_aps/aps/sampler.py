@@ -21,14 +21,14 @@ import torch
 from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import prior_from_record, prior_record
-from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP
+from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP, VertexwiseMonotone
 from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian
 from manifold_aps.operators import (BlindVertexMask, Measurement, RandomVertexMask, check_noise_std,
                                     operator_from_config)
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, convert_units, warn_outside_training_range
 from manifold_aps.trainer import resolve_device
 
-__all__ = ["AmortizedPosteriorSampler", "condition_channels", "observed_from_y"]
+__all__ = ["AmortizedPosteriorSampler", "condition_channels", "marginal_feature_channels", "observed_from_y"]
 
 
 def condition_channels(layout: VertexLayout, blind: bool, gaussian_base: bool, mask_from_y: bool = True) -> int:
@@ -37,6 +37,12 @@ def condition_channels(layout: VertexLayout, blind: bool, gaussian_base: bool, m
     goes without), and the Gaussian base's mean and scale (``2 C``) when there is a base."""
     mask = 0 if blind and not mask_from_y else 1
     return layout.num_channels + mask + (2 * layout.num_channels if gaussian_base else 0)
+
+
+def marginal_feature_channels(layout: VertexLayout, blind: bool, mask_from_y: bool = True) -> int:
+    """Per-vertex features of a :class:`~manifold_aps.flows.VertexwiseMonotone` after the base: the
+    condition with a base, then the base's marginal std, the prior's mean and std (``3 C``)."""
+    return condition_channels(layout, blind, True, mask_from_y) + 3 * layout.num_channels
 
 
 def observed_from_y(y: torch.Tensor, num_vertices: int) -> torch.Tensor:
@@ -73,6 +79,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             (``y``, mask, base mean, scale). False: the layout of blind files written before
             (base = the fitted prior, condition without the mask); files that do not store the
             flag load with False.
+        marginal: a :class:`~manifold_aps.flows.VertexwiseMonotone` applied entry by entry after
+            the base (needs a base; its features: :meth:`marginal_inputs`), or None.
 
     Example:
         >>> model = fit(mesh, signals, scale="smoke")             # doctest: +SKIP
@@ -82,7 +90,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
     def __init__(self, flow: ConditionalFlow, prior: DiffusionPrior, operator: RandomVertexMask,
                  fidelity_weight: float = 1.0, prior_weight: float = 1.0, logdet_weight: float = 1.0,
                  num_times: int = 1, base: LowRankGaussian | None = None, base_rank: int | None = None,
-                 normalizer: MinMaxNormalizer | None = None, mask_from_y: bool = True):
+                 normalizer: MinMaxNormalizer | None = None, mask_from_y: bool = True,
+                 marginal: VertexwiseMonotone | None = None):
         super().__init__()
         if not isinstance(operator, RandomVertexMask):
             raise TypeError(f"operator must be a RandomVertexMask or BlindVertexMask, got {type(operator).__name__}")
@@ -96,6 +105,16 @@ class AmortizedPosteriorSampler(torch.nn.Module):
                              f"{layout.num_vertices * layout.num_channels} real entries of the prior's layout")
         if base is not None and base.dim != flow.dim:
             raise ValueError(f"the Gaussian base has dimension {base.dim}, the flow {flow.dim}")
+        if marginal is not None:
+            expected = marginal_feature_channels(layout, operator.blind, mask_from_y)
+            if base is None or (operator.blind and not mask_from_y):
+                raise ValueError("a vertexwise marginal map reads the Gaussian base's posterior: it needs a base "
+                                 "(and, for a blind sampler, the mask read off y)")
+            if (marginal.config["channels"], marginal.config["features"]) != (layout.num_channels, expected):
+                raise ValueError(f"the marginal map is for {marginal.config['channels']} channels and "
+                                 f"{marginal.config['features']} features, this sampler needs "
+                                 f"{layout.num_channels} and {expected}")
+        self.marginal = marginal
         self.flow, self.prior, self.layout, self.operator = flow, prior.freeze(), layout, operator
         self.num_times = int(num_times)
         self.weights = dict(fidelity=float(fidelity_weight), prior=float(prior_weight), logdet=float(logdet_weight))
@@ -150,6 +169,32 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             parts += [root.mean.reshape(-1, V, C), root.scale.reshape(-1, V, C)]
         return torch.cat(parts, dim=-1)
 
+    def prior_marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base prior's mean and marginal std over the ``V · C`` real entries (float32, cached)."""
+        if getattr(self, "_prior_marginals", None) is None:
+            base = self.base
+            variance = (base.modes**2 * base.spectrum).sum(dim=1) + base.nugget_variance
+            self._prior_marginals = (base.mean.float(), variance.sqrt().float())
+        return self._prior_marginals
+
+    def marginal_inputs(self, measurement: Measurement, root: GaussianRoot) -> tuple[torch.Tensor, ...]:
+        """What the marginal map reads: features ``(B, V, F)`` (the condition, the base's marginal
+        std, the prior's mean and std), and the base's mean and marginal std ``(B, V, C)``."""
+        V, C = self.layout.num_vertices, self.layout.num_channels
+        mean, std = root.mean.reshape(-1, V, C), root.marginal_std().reshape(-1, V, C)
+        prior_mean, prior_std = (value.to(mean.device).reshape(1, V, C).expand_as(mean) for value in self.prior_marginals())
+        features = torch.cat([self.condition(measurement, root), std, prior_mean, prior_std], dim=-1)
+        return features, mean, std
+
+    def _apply_marginal(self, values: torch.Tensor, measurement: Measurement, root: GaussianRoot):
+        """``values`` ``(..., B, V·C)`` after the base → ``(g(values), log|det|)`` (zero without a map)."""
+        if self.marginal is None:
+            return values, torch.zeros(values.shape[:-1], device=values.device, dtype=values.dtype)
+        shape = values.shape
+        mapped, log_det = self.marginal(values.reshape(*shape[:-1], self.layout.num_vertices, self.layout.num_channels),
+                                        *self.marginal_inputs(measurement, root))
+        return mapped.reshape(shape), log_det
+
     def generate(self, measurement: Measurement, z: torch.Tensor, root: GaussianRoot | None = None):
         """``x = G(z, c(y))`` as a padded batch ``(B, V_pad, C)`` (zero padding) and ``log|det ∂G/∂z|``.
 
@@ -159,6 +204,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         values, log_det = self.flow(z, self.condition(measurement, root))
         if root is not None:
             values, log_det = root.transform(values), log_det + root.log_det()
+            values, marginal_log_det = self._apply_marginal(values, measurement, root)
+            log_det = log_det + marginal_log_det
         x = self.layout.pad(values.reshape(-1, self.layout.num_vertices, self.layout.num_channels))
         return x, log_det
 
@@ -188,7 +235,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             root = self.base_root(part)
             values = self.flow.sample(self.condition(part, root), n, generator=generator)
             if root is not None:
-                values = root.transform(values)
+                values = self._apply_marginal(root.transform(values), part, root)[0]
             draws.append(values.reshape(n, len(part), self.layout.num_vertices, self.layout.num_channels))
         return torch.nn.functional.pad(torch.cat(draws, dim=1), (0, 0, 0, self.layout.padded_vertices - self.layout.num_vertices))
 
@@ -237,6 +284,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             normalizer=None if self.normalizer is None else self.normalizer.state_dict(), weights=dict(self.weights), num_times=self.num_times,
             prior=prior_record(self.prior) if include_prior else None, report=dict(self.report),
             mask_from_y=self.mask_from_y,
+            marginal=None if self.marginal is None else dict(config=dict(self.marginal.config),
+                                                             state=self.marginal.state_dict()),
             base=None if self.base is None else dict(
                 mean=self.base.mean.clone(), modes=self.base.modes.clone(), spectrum=self.base.spectrum.clone(),  # no views
                 nugget_variance=self.base.nugget_variance, rank=self.base_rank),
@@ -278,9 +327,13 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         base = None if stored is None else LowRankGaussian(stored["mean"].double(), stored["modes"].double(),
                                                           stored["spectrum"].double(), stored["nugget_variance"])
         normalizer = payload.get("normalizer")
+        marginal = None
+        if payload.get("marginal") is not None:
+            marginal = VertexwiseMonotone(**payload["marginal"]["config"])
+            marginal.load_state_dict(payload["marginal"]["state"])
         model = cls(flow, prior, operator, weights["fidelity"], weights["prior"], weights["logdet"],
                     payload["num_times"], base, stored["rank"] if stored else None,
-                    MinMaxNormalizer(**normalizer) if normalizer else None, payload.get("mask_from_y", False))
+                    MinMaxNormalizer(**normalizer) if normalizer else None, payload.get("mask_from_y", False), marginal)
         model.report = dict(payload.get("report", {}))
         return model
 

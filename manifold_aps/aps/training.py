@@ -89,9 +89,18 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
 
     model.flow.train()
     result = train(model, loss_fn, data, replace(config.training, device=str(device), progress=progress),
-                   checkpoint_path=checkpoint, resume=resume, metadata={"aps": config.flow_shape() | {"num_times": config.num_times}})
+                   checkpoint_path=checkpoint, resume=resume, metadata={"aps": _run_description(config)})
     result.ema.copy_to(model)
     model.eval()
     return result
 
 
+
+
+def _run_description(config: APSConfig) -> dict:
+    """What defines an APS run besides the data and optimisation (the checkpoint's metadata); the
+    marginal map only when there is one, so runs from before it existed still resume."""
+    description = config.flow_shape() | {"num_times": config.num_times}
+    if config.marginal_components:
+        description["marginal_components"] = config.marginal_components
+    return description

@@ -1,7 +1,8 @@
 """Conditional normalizing flows ``x = G(z, c)``: the layers (ActNorm, permutations, one affine
 coupling with an MLP or a graph conditioner, optional condition encoders shared by the couplings)
 and the two flows APS uses (:class:`~manifold_aps.flows.realnvp.ConditionalRealNVP`,
-:class:`~manifold_aps.flows.mesh_flow.ConditionalMeshFlow`).
+:class:`~manifold_aps.flows.mesh_flow.ConditionalMeshFlow`), plus the per-entry monotone map APS may
+apply after its Gaussian base (:class:`~manifold_aps.flows.vertexwise.VertexwiseMonotone`).
 
 Every layer is called ``layer(z, c) → (x, log|det ∂x/∂z|)`` with ``layer.inverse(x, c) → (z,
 log|det ∂z/∂x|)`` (:class:`~manifold_aps.flows.base.FlowLayer`). All flows share one API
@@ -21,7 +22,8 @@ from manifold_aps.flows.factory import FLOWS, build_flow
 from manifold_aps.flows.mesh_flow import ConditionalMeshFlow, vertex_partition
 from manifold_aps.flows.permutation import Permutation
 from manifold_aps.flows.realnvp import ConditionalRealNVP
+from manifold_aps.flows.vertexwise import VertexwiseMonotone
 
 __all__ = ["FlowLayer", "ConditionalFlow", "ActNorm", "Permutation", "AffineCoupling", "MLPConditioner",
            "GraphConditioner", "VectorConditionEncoder", "MeshConditionEncoder", "ChebyshevConv", "scaled_laplacian",
-           "ConditionalRealNVP", "ConditionalMeshFlow", "vertex_partition", "FLOWS", "build_flow"]
+           "ConditionalRealNVP", "ConditionalMeshFlow", "vertex_partition", "VertexwiseMonotone", "FLOWS", "build_flow"]
