@@ -12,7 +12,8 @@ weights as ``benchmarks/prior_quality.py`` does: the MSE of the Tweedie estimate
 Gaussian on the same noise draws, at t ∈ {0.02, …, 0.7} (< 1: better than the Gaussian).
 Evaluation time is not training time. Each run writes
 ``results/prior_per_hour/<task>_<design>.json`` with the command, machine, load, date and commit;
-``--report`` gathers them into one table. Run two at a time on two cores (one thread each).
+``--report`` gathers them into one table; the trained prior is kept as
+``<checkpoint-dir>/<task>_<design>_prior.pt``. Run two at a time on two cores (one thread each).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from manifold_aps.benchmark import environment
-from manifold_aps.diffusion import DiffusionPrior, exact_gaussian_prior
+from manifold_aps.diffusion import DiffusionPrior, exact_gaussian_prior, save_prior
 from manifold_aps.diffusion.networks import build_network
 from manifold_aps.diffusion.training import gaussian_residual_prior, prior_training_config, train_prior
 from manifold_aps.gaussian_posterior import fit_ppca
@@ -98,6 +99,7 @@ def run(args) -> dict:
     ROWS.mkdir(parents=True, exist_ok=True)
     (ROWS / f"{args.task}_{args.design}.json").write_text(json.dumps(result, indent=2) + "\n")
     checkpoint.unlink(missing_ok=True)
+    save_prior(args.checkpoint_dir / f"{args.task}_{args.design}_prior.pt", prior.eval(), task.normalizer)
     return result
 
 
