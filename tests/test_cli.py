@@ -61,7 +61,10 @@ def test_fit_then_sample_on_user_files(tmp_path, capsys):
     signals = field.sample(40).numpy()
     np.savez(tmp_path / "signals.npz", signals=signals)
     assert main(["fit", "--mesh", str(tmp_path / "mesh.obj"), "--signals", str(tmp_path / "signals.npz"),
-                 "--scale", "smoke", "--iterations", "5", "--mask-rate", "0.5", "--output", str(tmp_path / "aps.pt")]) == 0
+                 "--scale", "smoke", "--iterations", "5", "--mask-rate", "0.5", "--marginal-components", "2",
+                 "--num-times", "2", "--output", str(tmp_path / "aps.pt")]) == 0
+    fitted = aps.AmortizedPosteriorSampler.load(tmp_path / "aps.pt")
+    assert fitted.marginal.config["components"] == 2 and fitted.num_times == 2
     observed = signals[:3].copy()
     observed[:, ::2] = np.nan
     np.save(tmp_path / "observed.npy", observed)
