@@ -48,6 +48,9 @@ DESIGNS = {
     "mlp": ("plain", "mlp", dict(width=512, depth=3), 2e-4),
     "guided_mlp": ("guided", "mlp", dict(width=512, depth=3), 2e-4),
     "guided_vertex_mlp": ("guided", "vertex_mlp", dict(width=32, depth=2), 1e-3),
+    "guided_vertex_mlp_plus_mlp": ("guided", "sum", dict(parts=[dict(name="vertex_mlp", config=dict(width=32, depth=2)),
+                                                                dict(name="mlp", config=dict(width=512, depth=3))]),
+                                   5e-4),
     "guided_diffusion_net_k32_w16": ("guided", "diffusion_net", dict(num_modes=32, width=16, depth=2), 1e-3),
     "guided_diffusion_net_k64_w32": ("guided", "diffusion_net", dict(num_modes=64, width=32, depth=2), 1e-3),
 }

@@ -14,7 +14,9 @@ from manifold_aps.signals import VertexLayout
 MESH = aps.latlon_sphere(30.0)  # 84 vertices, padded to 96
 BASES = {"mlp": dict(width=32, depth=2, time_dim=16),
          "unet1d": dict(channels=8, channel_multipliers=(1, 2, 2), time_dim=16, groups=4),
-         "vertex_mlp": dict(width=16, depth=2, time_dim=16)}
+         "vertex_mlp": dict(width=16, depth=2, time_dim=16),
+         "sum": dict(parts=[dict(name="vertex_mlp", config=dict(width=8, depth=1, time_dim=16)),
+                            dict(name="mlp", config=dict(width=16, depth=1, time_dim=16))])}
 
 
 def _signals(count: int, channels: int = 1) -> torch.Tensor:
@@ -180,3 +182,23 @@ def test_a_mixture_of_ppca_can_stand_in_for_the_gaussian_and_round_trips(tmp_pat
     assert loaded.network.config["components"] == 3
     with torch.no_grad():
         assert torch.equal(loaded(x, t), prior(x, t))
+
+
+def test_a_sum_correction_adds_its_parts_and_round_trips(tmp_path):
+    train = _signals(200)
+    layout = VertexLayout(MESH.num_vertices)
+    prior = gaussian_residual_prior(train, layout, base="sum", rank=10, mesh=MESH, **BASES["sum"])
+    with torch.no_grad():
+        for parameter in prior.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)))
+    correction = prior.network.correction
+    inputs, t = _batch(correction.layout)
+    with torch.no_grad():
+        torch.testing.assert_close(correction.predict(inputs, t), sum(part.predict(inputs, t) for part in correction.parts))
+    save_prior(tmp_path / "prior.pt", prior)
+    loaded = load_prior(tmp_path / "prior.pt")
+    x, t = _batch(layout)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), prior(x, t))
+    with pytest.raises(ValueError, match="at least two"):
+        build_network("sum", layout, parts=[dict(name="mlp", config={})])

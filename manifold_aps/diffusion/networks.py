@@ -16,6 +16,8 @@ The families, built by name with :func:`build_network`:
 - ``"diffusion_net"`` — :class:`~manifold_aps.diffusion.mesh_networks.DiffusionNet`, per-vertex
   features mixed by learned heat diffusion in a truncated Laplacian eigenbasis and by spatial
   gradients (mesh-native, local).
+- ``"sum"`` — :class:`SumNetwork`, the sum of two or more of these (e.g. a ``vertex_mlp`` and an
+  ``mlp`` as one correction).
 - ``"gaussian_residual"`` — :class:`~manifold_aps.diffusion.residual.GaussianResidualNetwork`,
   the exact noise prediction of a PPCA Gaussian plus a preconditioned correction by any of the
   networks above.
@@ -34,7 +36,8 @@ from manifold_aps.diffusion.residual import GaussianResidualNetwork
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.signals import VertexLayout
 
-__all__ = ["UNet1D", "FiLMMLPNetwork", "ResidualMLP", "SpectralMLP", "VertexMLP", "NETWORKS", "build_network"]
+__all__ = ["UNet1D", "FiLMMLPNetwork", "ResidualMLP", "SpectralMLP", "VertexMLP", "SumNetwork", "NETWORKS",
+           "build_network"]
 
 
 class _ResidualBlock1D(nn.Module):
@@ -301,9 +304,36 @@ class VertexMLP(FiLMMLPNetwork):
         return self._trunk(self.layout.unflatten(x).transpose(0, 1), time_features).transpose(0, 1).reshape(x.shape[0], -1)
 
 
+class SumNetwork(NoiseNetwork):
+    """``Σ_i f_i(x_t, t)``: the sum of networks built by :func:`build_network` on the same layout,
+    e.g. a per-vertex ``vertex_mlp`` (fast, local nonlinearity) plus a whole-vector ``mlp``
+    (global shape) as the correction of a guided Gaussian residual.
+
+    Args:
+        layout: signal layout.
+        parts: ``[{"name": ..., "config": {...}}, ...]``, at least two.
+        mesh: passed to the parts that use one.
+    """
+
+    name = "sum"
+    uses_mesh = True
+
+    def __init__(self, layout: VertexLayout, sde: VPSDE | None = None, parts: list | None = None, mesh=None):
+        super().__init__(layout, sde)
+        if not parts or len(parts) < 2 or any(set(part) != {"name", "config"} for part in parts):
+            raise ValueError(f"parts must be at least two {{'name': ..., 'config': {{...}}}} dicts, got {parts!r}")
+        self.config = dict(parts=[dict(name=part["name"], config=dict(part["config"])) for part in parts])
+        self.parts = nn.ModuleList(build_network(part["name"], layout, mesh=mesh, sde=self.sde, **part["config"])
+                                   for part in parts)
+        self.output_starts_at_zero = all(part.output_starts_at_zero for part in self.parts)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return sum(part.predict(x, t) for part in self.parts)
+
+
 #: the networks :func:`build_network` knows, by name
 NETWORKS = {network.name: network for network in (UNet1D, ResidualMLP, SpectralMLP, VertexMLP, DiffusionNet,
-                                                   GaussianResidualNetwork)}
+                                                   SumNetwork, GaussianResidualNetwork)}
 
 
 def build_network(name: str, layout: VertexLayout, mesh=None, sde: VPSDE | None = None, **config) -> NoiseNetwork:
