@@ -74,11 +74,13 @@ class GaussianRoot:
         return self.mean + self.scale * (u + torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, u)))
 
     def marginal_std(self) -> torch.Tensor:
-        """``√Σ_dd`` ``(B, D)``: ``scale_d · ‖row d of (I + E Eᵀ)‖``, i.e. ``scale_d² (1 + 2‖E_d‖² + E_d EᵀE E_dᵀ)``."""
+        """``√Σ_dd`` ``(B, D)``: ``Σ_dd = scale_d² [(I + E Eᵀ)²]_dd = scale_d² (1 + Σ_r E_dr² (2 + ‖E_:r‖²))``,
+        in ``O(D r)``: the columns of ``E`` are orthogonal (``E = B U diag(c)`` with ``U`` the
+        eigenvectors of ``BᵀB``, as :func:`square_root` and ``posterior_root_every_direction``
+        build it), so ``EᵀE`` is diagonal."""
         E = self.directions
-        rows = (E**2).sum(-1)
-        quadratic = torch.einsum("bdr,brs,bds->bd", E, E.transpose(1, 2) @ E, E)
-        return self.scale * (1 + 2 * rows + quadratic).sqrt()
+        column_norms = (E**2).sum(dim=1, keepdim=True)  # ‖E_:r‖², (B, 1, r)
+        return self.scale * (1 + ((E**2) * (2 + column_norms)).sum(-1)).sqrt()
 
     def log_det(self) -> torch.Tensor:
         """``log|det ∂x/∂u|`` ``(B,)``."""

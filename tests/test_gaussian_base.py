@@ -97,6 +97,16 @@ def test_root_marginal_std_is_the_exact_posterior_std(field):
     exact = field.posterior(measurement.y[:, : LAYOUT.num_vertices, 0], measurement.observed[:, : LAYOUT.num_vertices],
                             NOISE)
     torch.testing.assert_close(root.marginal_std(), exact.std.float(), rtol=1e-4, atol=1e-6)
+    # the general square root, keeping fewer directions than the factor has: diag of S (I + E Eᵀ)² S
+    from manifold_aps.gaussian_posterior import square_root
+
+    generator = torch.Generator().manual_seed(4)
+    factor = torch.randn(2, 9, 5, generator=generator, dtype=torch.float64)
+    general = square_root(torch.zeros(2, 9, dtype=torch.float64), factor,
+                          torch.rand(2, 9, generator=generator, dtype=torch.float64) + 0.1, rank=3)
+    half = torch.eye(9, dtype=torch.float64) + general.directions @ general.directions.transpose(1, 2)
+    variance = general.scale**2 * torch.diagonal(half @ half, dim1=1, dim2=2)
+    torch.testing.assert_close(general.marginal_std(), variance.sqrt())
 
 
 def marginal_model(field):
