@@ -172,27 +172,25 @@ class AmortizedPosteriorSampler(torch.nn.Module):
     def prior_marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The base prior's mean and marginal std over the ``V · C`` real entries (float32, cached)."""
         if getattr(self, "_prior_marginals", None) is None:
-            base = self.base
-            variance = (base.modes**2 * base.spectrum).sum(dim=1) + base.nugget_variance
-            self._prior_marginals = (base.mean.float(), variance.sqrt().float())
+            self._prior_marginals = (self.base.mean.float(), self.base.pointwise_variance().sqrt().float())
         return self._prior_marginals
 
-    def marginal_inputs(self, measurement: Measurement, root: GaussianRoot) -> tuple[torch.Tensor, ...]:
-        """What the marginal map reads: features ``(B, V, F)`` (the condition, the base's marginal
-        std, the prior's mean and std), and the base's mean and marginal std ``(B, V, C)``."""
+    def marginal_inputs(self, condition: torch.Tensor, root: GaussianRoot) -> tuple[torch.Tensor, ...]:
+        """What the marginal map reads, given the flow's ``condition`` (:meth:`condition`): features
+        ``(B, V, F)`` (the condition, the base's marginal std, the prior's mean and std), and the
+        base's mean and marginal std ``(B, V, C)``."""
         V, C = self.layout.num_vertices, self.layout.num_channels
         mean, std = root.mean.reshape(-1, V, C), root.marginal_std().reshape(-1, V, C)
         prior_mean, prior_std = (value.to(mean.device).reshape(1, V, C).expand_as(mean) for value in self.prior_marginals())
-        features = torch.cat([self.condition(measurement, root), std, prior_mean, prior_std], dim=-1)
-        return features, mean, std
+        return torch.cat([condition, std, prior_mean, prior_std], dim=-1), mean, std
 
-    def _apply_marginal(self, values: torch.Tensor, measurement: Measurement, root: GaussianRoot):
+    def _apply_marginal(self, values: torch.Tensor, condition: torch.Tensor, root: GaussianRoot):
         """``values`` ``(..., B, V·C)`` after the base → ``(g(values), log|det|)`` (zero without a map)."""
         if self.marginal is None:
             return values, torch.zeros(values.shape[:-1], device=values.device, dtype=values.dtype)
         shape = values.shape
         mapped, log_det = self.marginal(values.reshape(*shape[:-1], self.layout.num_vertices, self.layout.num_channels),
-                                        *self.marginal_inputs(measurement, root))
+                                        *self.marginal_inputs(condition, root))
         return mapped.reshape(shape), log_det
 
     def generate(self, measurement: Measurement, z: torch.Tensor, root: GaussianRoot | None = None):
@@ -201,10 +199,11 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         With a Gaussian base, its ``root`` (from :meth:`base_root`) may be passed precomputed."""
         if self.base is not None and root is None:
             root = self.base_root(measurement)
-        values, log_det = self.flow(z, self.condition(measurement, root))
+        condition = self.condition(measurement, root)
+        values, log_det = self.flow(z, condition)
         if root is not None:
             values, log_det = root.transform(values), log_det + root.log_det()
-            values, marginal_log_det = self._apply_marginal(values, measurement, root)
+            values, marginal_log_det = self._apply_marginal(values, condition, root)
             log_det = log_det + marginal_log_det
         x = self.layout.pad(values.reshape(-1, self.layout.num_vertices, self.layout.num_channels))
         return x, log_det
@@ -233,9 +232,10 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         for start in range(0, len(measurement), chunk):
             part = measurement[start:start + chunk]
             root = self.base_root(part)
-            values = self.flow.sample(self.condition(part, root), n, generator=generator)
+            condition = self.condition(part, root)
+            values = self.flow.sample(condition, n, generator=generator)
             if root is not None:
-                values = self._apply_marginal(root.transform(values), part, root)[0]
+                values = self._apply_marginal(root.transform(values), condition, root)[0]
             draws.append(values.reshape(n, len(part), self.layout.num_vertices, self.layout.num_channels))
         return torch.nn.functional.pad(torch.cat(draws, dim=1), (0, 0, 0, self.layout.padded_vertices - self.layout.num_vertices))
 

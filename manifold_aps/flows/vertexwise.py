@@ -32,7 +32,7 @@ class VertexwiseMonotone(nn.Module):
         channels: signal channels ``C``; features: per-vertex feature channels ``F``.
         components: tanh terms ``K``; width, depth: the shared MLP.
 
-    Call ``map(x, features, scale)`` with ``x`` ``(..., B, V, C)`` (leading axes: draws),
+    Call ``map(x, features, mean, scale)`` with ``x`` ``(..., B, V, C)`` (leading axes: draws),
     ``features`` ``(B, V, F)``, ``mean`` and ``scale`` ``(B, V, C)`` (the base's posterior mean and
     marginal std): returns ``(g(x), log|det ∂g/∂x|)``, the log-det ``(..., B)``.
     """
