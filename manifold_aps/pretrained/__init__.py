@@ -7,8 +7,8 @@ Each task ``name`` (``"bunny_mnist"``, ``"era5_proxy"``) has, in this folder,
   prior (they share ``<name>_prior.pt``),
 - ``<name>.md``: the model card (data, steps, wall time, metrics, the commands that made it).
 
-A prior may also ship alone under its own name (``bunny_mnist_guided``: the guided
-Gaussian-residual prior of Bunny-MNIST, for the zero-shot samplers), loaded with
+A prior may also ship alone under its own name (``bunny_mnist_guided``, ``era5_proxy_guided``:
+the guided Gaussian-residual priors of the two tasks, for the zero-shot samplers), loaded with
 :func:`load_prior`; :func:`priors` lists every shipped prior.
 
 Large weight tensors are stored as float16 to keep the package small and are loaded back as
