@@ -237,7 +237,10 @@ def cmd_fit(args) -> int:
     prior = load_prior(args.prior) if args.prior else None
     overrides = {key: value for key, value in (("iterations", args.iterations), ("flow_depth", args.flow_depth),
                                                ("hidden", args.hidden), ("num_times", args.num_times),
-                                               ("marginal_components", args.marginal_components)) if value is not None}
+                                               ("marginal_components", args.marginal_components),
+                                               ("forward_kl_weight", args.forward_kl_weight),
+                                               ("forward_kl_draws", args.forward_kl_draws),
+                                               ("forward_kl_steps", args.forward_kl_steps)) if value is not None}
     started = time.perf_counter()
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
@@ -379,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument("--num-times", type=int, default=None, help="ELBO draws per flow sample (default: the preset)")
     fitting.add_argument("--marginal-components", type=int, default=None,
                          help="K > 0: a per-entry monotone map with K tanh terms after the Gaussian base (default 0)")
+    fitting.add_argument("--forward-kl-weight", type=float, default=None,
+                         help="λ > 0: add λ·(−log q(x|y)) on signals drawn from the prior (mass-covering; default 0)")
+    fitting.add_argument("--forward-kl-draws", type=int, default=None,
+                         help="prior draws for --forward-kl-weight (default 4096; drawn once, kept beside --output)")
+    fitting.add_argument("--forward-kl-steps", type=int, default=None,
+                         help="ancestral-sampling steps of each prior draw for --forward-kl-weight (default 100)")
     fitting.add_argument("--base-rank", type=int, default=64,
                          help="largest rank of the Gaussian (optimal-interpolation) base of the flow")
     fitting.add_argument("--no-gaussian-base", action="store_true", help="train the flow from z alone (as the paper)")

@@ -30,7 +30,10 @@ class APSConfig:
     ``weight_decay`` for the optimisation; ``flow_depth`` (coupling steps), ``hidden``,
     ``layers``, ``scale_bound``, ``num_times`` for the flow and the objective;
     ``marginal_components``: ``K > 0`` adds a :class:`~manifold_aps.flows.VertexwiseMonotone` with
-    ``K`` tanh terms after the Gaussian base (0: none).
+    ``K`` tanh terms after the Gaussian base (0: none); ``forward_kl_weight``: ``λ_fwd > 0`` adds
+    ``λ_fwd · (−log q(x | y))`` on ``forward_kl_draws`` signals drawn from the prior by
+    ``forward_kl_steps``-step ancestral sampling, measured afresh each step
+    (:mod:`~manifold_aps.aps.forward_kl`; 0: the APS objective alone).
     """
 
     training: TrainingConfig
@@ -40,6 +43,9 @@ class APSConfig:
     scale_bound: float = 2.0
     num_times: int = 1  # Monte-Carlo (t, e) draws of the ELBO per flow sample
     marginal_components: int = 0
+    forward_kl_weight: float = 0.0
+    forward_kl_draws: int = 4096
+    forward_kl_steps: int = 100
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "APSConfig":
@@ -63,6 +69,11 @@ class APSConfig:
             raise ValueError(f"iterations, flow_depth and num_times must be ≥ 1, got {self}")
         if self.marginal_components < 0:
             raise ValueError(f"marginal_components must be ≥ 0, got {self.marginal_components}")
+        if not (math.isfinite(self.forward_kl_weight) and self.forward_kl_weight >= 0):
+            raise ValueError(f"forward_kl_weight must be a number ≥ 0, got {self.forward_kl_weight}")
+        if self.forward_kl_draws < 1 or self.forward_kl_steps < 1:
+            raise ValueError(f"forward_kl_draws and forward_kl_steps must be ≥ 1, got {self.forward_kl_draws} "
+                             f"and {self.forward_kl_steps}")
         if not (math.isfinite(self.scale_bound) and self.scale_bound > 0):
             raise ValueError(f"scale_bound (the bound on each coupling's log-scale) must be a positive number, "
                              f"got {self.scale_bound}")

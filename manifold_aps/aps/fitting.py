@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from manifold_aps.aps.config import APSConfig
+from manifold_aps.aps.forward_kl import draw_prior_signals
 from manifold_aps.aps.sampler import AmortizedPosteriorSampler, condition_channels, marginal_feature_channels
 from manifold_aps.aps.training import train_aps
+from manifold_aps.checkpoint import load_checkpoint, save_checkpoint
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.flows.factory import FLOWS, build_flow
 from manifold_aps.flows.vertexwise import VertexwiseMonotone
@@ -18,6 +20,7 @@ from manifold_aps.gaussian_posterior import candidate_ranks, fit_gaussian_base
 from manifold_aps.mesh import Mesh
 from manifold_aps.operators import BlindVertexMask, RandomVertexMask, check_hidden_fraction, check_noise_std
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, latlon_dims, latlon_grid
+from manifold_aps.trainer import run_fingerprint
 
 __all__ = ["fit"]
 
@@ -76,7 +79,9 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
             about [0, 1] first); ``"fit"`` always learns one; a ``MinMaxNormalizer`` is used as is;
             None uses the values as given. With a normaliser, ``noise_std`` is in normalised units,
             and the sampler takes and returns physical values (and checks units).
-        overrides: :meth:`APSConfig.preset` fields (e.g. ``iterations=...``, ``flow_depth=...``).
+        overrides: :meth:`APSConfig.preset` fields (e.g. ``iterations=...``, ``flow_depth=...``,
+            ``forward_kl_weight=1.0``: add the mass-covering term on signals drawn from the prior,
+            kept in ``checkpoint_dir/prior_draws.pt``).
 
     Reproducible: the same ``seed`` gives the same networks, measurements and trained weights on
     the same device (the global torch RNG is seeded inside and restored afterwards).
@@ -127,8 +132,10 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
                                        config.marginal_components) if config.marginal_components else None)
         model = AmortizedPosteriorSampler(flow_model, prior.cpu(), operator, num_times=config.num_times, base=base,
                                           normalizer=normalizer, marginal=marginal)
+        draws = (_prior_draws(prior, config, seed, checkpoint_dir, resume, progress) if config.forward_kl_weight
+                 else None)
         train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
-                  resume=resume, progress=progress, device=device)
+                  resume=resume, progress=progress, device=device, prior_draws=draws)
     if test_signals is not None:
         from manifold_aps.metrics import evaluate_sampler
 
@@ -136,6 +143,24 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         model.report = evaluate_sampler(model, operator, test if normalizer is None else normalizer.normalize(test),
                                         seed=seed + 1)
     return model
+
+
+def _prior_draws(prior: DiffusionPrior, config: APSConfig, seed: int, checkpoint_dir: Path | None, resume: bool,
+                 progress: bool) -> torch.Tensor:
+    """The forward-KL term's signals drawn from ``prior``; kept in ``checkpoint_dir/prior_draws.pt``
+    and reused (with ``resume``) when that file holds draws of the same prior, count, steps and seed."""
+    wanted = dict(prior=run_fingerprint(torch.cat([value.detach().cpu().flatten().double() for value in
+                                                   prior.state_dict().values() if value.is_floating_point()]))["data"],
+                  count=config.forward_kl_draws, steps=config.forward_kl_steps, seed=seed)
+    path = None if checkpoint_dir is None else checkpoint_dir / "prior_draws.pt"
+    if path is not None and resume and path.exists():
+        stored = load_checkpoint(path, kind="prior_draws")
+        if stored["made_by"] == wanted:
+            return stored["draws"]
+    draws = draw_prior_signals(prior, config.forward_kl_draws, config.forward_kl_steps, seed, progress=progress)
+    if path is not None:
+        save_checkpoint(path, {"made_by": wanted, "draws": draws}, kind="prior_draws")
+    return draws
 
 
 def _normalizer_for(signals, values: torch.Tensor, choice) -> MinMaxNormalizer | None:

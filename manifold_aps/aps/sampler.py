@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from manifold_aps.aps.forward_kl import log_density
 from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import prior_from_record, prior_record
@@ -209,14 +210,19 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         return x, log_det
 
     def forward(self, measurement: Measurement, generator: torch.Generator | None = None,
-                root: GaussianRoot | None = None) -> dict:
-        """Per-measurement terms ``(B,)`` of L: ``loss``, ``fidelity``, ``prior`` (= b'), ``logdet``."""
+                root: GaussianRoot | None = None, simulated: tuple[Measurement, torch.Tensor] | None = None) -> dict:
+        """Per-measurement terms ``(B,)`` of L: ``loss``, ``fidelity``, ``prior`` (= b'), ``logdet``;
+        with ``simulated`` = (measurements, the padded signals they measure), also ``forward_kl``:
+        ``−log q(x | y)`` of each pair (:mod:`manifold_aps.aps.forward_kl`), not added to ``loss``."""
         z = torch.randn(len(measurement), self.flow.dim, generator=generator, device=measurement.y.device)
         x, log_det = self.generate(measurement, z, root)
         fidelity = self.operator.misfit(measurement, x)
         elbo = self.prior.elbo(self.layout.flatten(x), num_times=self.num_times, generator=generator)
         total = self.weights["fidelity"] * fidelity - self.weights["prior"] * elbo - self.weights["logdet"] * log_det
-        return dict(loss=total, fidelity=fidelity, prior=elbo, logdet=log_det)
+        terms = dict(loss=total, fidelity=fidelity, prior=elbo, logdet=log_det)
+        if simulated is not None:
+            terms["forward_kl"] = -log_density(self, *simulated)
+        return terms
 
     # -- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -54,12 +54,23 @@ def unpack(batch: torch.Tensor, channels: int, num_vertices: int | None = None):
 
 
 def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, config: APSConfig,
-              checkpoint=None, resume: bool = True, progress: bool = True, device="auto"):
+              checkpoint=None, resume: bool = True, progress: bool = True, device="auto",
+              prior_draws: torch.Tensor | None = None):
     """Train ``model.flow`` on ``measurements`` (no clean signal is involved) with the shared
     :func:`manifold_aps.trainer.train` loop (AdamW, warm-up, clipping, EMA, atomic checkpoints,
     resume, torchrun DDP). The EMA weights are left in the model. Returns the trainer's result;
     its ``losses`` are the loss per real entry.
+
+    With ``config.forward_kl_weight`` > 0, ``prior_draws`` (padded signals drawn from the prior,
+    :func:`~manifold_aps.aps.forward_kl.draw_prior_signals`) are measured afresh at every step and
+    the loss gains ``λ_fwd · (−log q(x | y))`` per entry on as many of them as the batch holds.
     """
+    forward_weight = config.forward_kl_weight
+    if forward_weight > 0 and (prior_draws is None or prior_draws.shape[1:] != (model.layout.padded_vertices,
+                                                                                 model.layout.num_channels)):
+        raise ValueError(f"forward_kl_weight > 0 needs prior_draws (N, {model.layout.padded_vertices}, "
+                         f"{model.layout.num_channels}), got "
+                         f"{None if prior_draws is None else tuple(prior_draws.shape)}")
     device = resolve_device(device)
     model.to(device)
     channels, vertices = model.layout.num_channels, model.layout.num_vertices
@@ -83,9 +94,15 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
         model.flow.initialize(example, model.condition(first, first_root))
     entries = model.flow.dim
 
+    draws = prior_draws.to(device) if forward_weight > 0 else None
+
     def loss_fn(trained, batch, generator):
         measurement, batch_root = unpack(batch, channels, vertices)
-        return trained(measurement, generator, batch_root)["loss"].mean() / entries
+        if draws is None:
+            return trained(measurement, generator, batch_root)["loss"].mean() / entries
+        x = draws[torch.randint(len(draws), (len(batch),), generator=generator, device=device)]
+        terms = trained(measurement, generator, batch_root, simulated=(model.operator(x, generator), x))
+        return (terms["loss"] + forward_weight * terms["forward_kl"]).mean() / entries
 
     model.flow.train()
     result = train(model, loss_fn, data, replace(config.training, device=str(device), progress=progress),
@@ -99,8 +116,12 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
 
 def _run_description(config: APSConfig) -> dict:
     """What defines an APS run besides the data and optimisation (the checkpoint's metadata); the
-    marginal map only when there is one, so runs from before it existed still resume."""
+    marginal map and the forward-KL term only when there are, so runs from before they existed
+    still resume."""
     description = config.flow_shape() | {"num_times": config.num_times}
     if config.marginal_components:
         description["marginal_components"] = config.marginal_components
+    if config.forward_kl_weight:
+        description |= {name: getattr(config, name) for name in ("forward_kl_weight", "forward_kl_draws",
+                                                                 "forward_kl_steps")}
     return description

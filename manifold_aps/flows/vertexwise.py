@@ -72,9 +72,12 @@ class VertexwiseMonotone(nn.Module):
         if features.shape[-1] != self.config["features"] or x.shape[-3:] != mean.shape[-3:]:
             raise ValueError(f"expected x (..., B, V, {self.config['channels']}) and features (B, V, "
                              f"{self.config['features']}), got {tuple(x.shape)} and {tuple(features.shape)}")
-        p = self.parameters_at(features, mean, scale)
-        u = (x[..., None] - p["c"]) / p["w"]
-        tanh = torch.tanh(u)
-        y = mean + p["d"] + p["a"] * (x - mean) + (p["b"] * tanh).sum(-1)
-        slope = p["a"] + (p["b"] / p["w"] * (1 - tanh**2)).sum(-1)
+        y, slope = self.evaluate(x, mean, self.parameters_at(features, mean, scale))
         return y, torch.log(slope).flatten(-2).sum(-1)
+
+    @staticmethod
+    def evaluate(x: torch.Tensor, mean: torch.Tensor, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g(x), g'(x))`` entry by entry for the parameters ``p`` of :meth:`parameters_at`."""
+        tanh = torch.tanh((x[..., None] - p["c"]) / p["w"])
+        y = mean + p["d"] + p["a"] * (x - mean) + (p["b"] * tanh).sum(-1)
+        return y, p["a"] + (p["b"] / p["w"] * (1 - tanh**2)).sum(-1)
