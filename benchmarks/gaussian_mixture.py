@@ -26,7 +26,7 @@ bunny (data mirror, ``MANIFOLD_APS_DATA``) without its two vertices that belong 
 vertices): :class:`~manifold_aps.data.GaussianRandomField` gives those two one shared value with
 std ≈ 3 at these length scales (20× the others), which would swamp every PSNR.
 
-Fields are drawn one at a time with fixed seeds (train 0, validation 1, test 2): ``--train-fields``
+Fields are drawn one at a time with fixed seeds (train 0, validation 1, test 2, prior draws 3): ``--train-fields``
 (256 smoke / 1000 cpu) for APS and the OI fit, 64 validation fields for OI's rank, and
 ``--n-measurements`` (4 / 16) test fields, each measured once (seed ``--seed``).
 
@@ -40,6 +40,9 @@ Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema o
 - ``aps_gauss_base`` / ``aps_plain``: :func:`manifold_aps.fit` against the exact prior with and
   without its Gaussian (PPCA posterior) base, RealNVP flow, the ``--scale`` preset with
   ``--iterations`` / ``--batch-size``; mean of 128 draws;
+- ``aps_forward_kl``: as ``aps_gauss_base`` plus the forward-KL term
+  (:mod:`manifold_aps.aps.forward_kl`, weight ``--forward-kl-weight``) on ``--forward-kl-draws``
+  exact draws of the mixture (seed 3): what the flow reaches with a mass-covering signal;
 - ``dps``: :func:`manifold_aps.zero_shot.sample_dps` with the exact prior, ``--diffusion-samples``
   (32) draws of ``--diffusion-steps`` (50 / 1000) steps.
 
@@ -82,7 +85,7 @@ MIXTURE = dict(means=(0.4, 0.6, 0.5), length_fractions=(0.5, 0.5, 0.1), stds=(0.
 SCALES = {"smoke": dict(train_fields=256, n_measurements=4, iterations=100, batch_size=32, diffusion_steps=50),
           "cpu": dict(train_fields=1000, n_measurements=16, iterations=400, batch_size=32, diffusion_steps=1000)}
 VALIDATION_FIELDS = 64
-DATA_SEEDS = {"train": 0, "validation": 1, "test": 2}
+DATA_SEEDS = {"train": 0, "validation": 1, "test": 2, "prior_draws": 3}
 DRAWS = 128
 MIXED = 0.9  # a measurement whose largest exact posterior weight is below this leaves the component in doubt
 
@@ -144,14 +147,17 @@ def against_exact(samples: torch.Tensor, exact, mixture: GaussianMixtureField, h
                 component_fractions=fractions.tolist())
 
 
-def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print):
-    """APS against the exact prior with ``fit`` (not saved: see the module docstring)."""
+def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_draws=None):
+    """APS against the exact prior with ``fit`` (not saved: see the module docstring); with
+    ``prior_draws`` (exact draws of the mixture) plus the forward-KL term on them."""
     started = time.perf_counter()
+    forward = {} if prior_draws is None else dict(forward_kl_weight=args.forward_kl_weight, prior_draws=prior_draws)
     model = aps.fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, scale=args.scale,
-                gaussian_base=gaussian_base, base_rank=args.base_rank, seed=args.seed, device="cpu", progress=False,
-                iterations=args.iterations, batch_size=args.batch_size)
+                    gaussian_base=gaussian_base, base_rank=args.base_rank, seed=args.seed, device="cpu", progress=False,
+                    iterations=args.iterations, batch_size=args.batch_size, **forward)
     seconds = time.perf_counter() - started
-    log(f"trained APS ({'Gaussian base' if gaussian_base else 'plain'}, {args.iterations} iterations) in {seconds:.0f} s")
+    log(f"trained APS ({'Gaussian base' if gaussian_base else 'plain'}, {args.iterations} iterations"
+        f"{'' if prior_draws is None else ', forward-KL term'}) in {seconds:.0f} s")
     return model, seconds
 
 
@@ -170,7 +176,13 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                                      epilog="See the module docstring for the mixture, the rows and the commands.")
     parser.add_argument("--mesh", choices=sorted(MESHES), default="sphere4")
     parser.add_argument("--scale", choices=sorted(SCALES), default="smoke")
-    parser.add_argument("--methods", default="exact,oi,aps_gauss_base,aps_plain,dps")
+    parser.add_argument("--methods", default="exact,oi,aps_gauss_base,aps_plain,dps",
+                        help="comma-separated rows; also aps_forward_kl (APS with the Gaussian base and the "
+                             "forward-KL term on exact mixture draws)")
+    parser.add_argument("--forward-kl-weight", type=float, default=1.0, help="λ of the aps_forward_kl row")
+    parser.add_argument("--forward-kl-draws", type=int, default=4096, help="exact mixture draws of the aps_forward_kl row")
+    parser.add_argument("--results-name", default=None,
+                        help="results file stem (default gaussian_mixture_<mesh>_<scale>)")
     parser.add_argument("--n-measurements", type=int, default=None)
     parser.add_argument("--train-fields", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None, help="APS iterations (default 100 / 400)")
@@ -217,6 +229,10 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         if name in names:
             model, train_seconds[name] = train_aps(mesh, train, prior, args, base, log)
             methods[name] = aps_method(model, DRAWS)
+    if "aps_forward_kl" in names:
+        exact_draws = draw(mixture, args.forward_kl_draws, DATA_SEEDS["prior_draws"])
+        model, train_seconds["aps_forward_kl"] = train_aps(mesh, train, prior, args, True, log, exact_draws)
+        methods["aps_forward_kl"] = aps_method(model, DRAWS)
     if "dps" in names:
         methods["dps"] = diffusion_method(sample_dps, prior, args.diffusion_samples, args.diffusion_steps,
                                           step_size=args.step_size)
@@ -245,7 +261,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                    train_seconds=train_seconds, command="python benchmarks/gaussian_mixture.py " + " ".join(argv),
                    hidden_fraction=HIDDEN_FRACTION, noise_std=NOISE_STD, mixture=description,
                    aps=dict(iterations=args.iterations, batch_size=args.batch_size, flow="realnvp",
-                            base_rank=args.base_rank),
+                            base_rank=args.base_rank, forward_kl_weight=args.forward_kl_weight,
+                            forward_kl_draws=args.forward_kl_draws),
                    exact_weights=weights.tolist(), sections={"test": rows}, rows=rows,
                    notes=[f"prior: the mixture's exact noise predictor, shared by APS and DPS; APS RealNVP at the "
                           f"{args.scale} preset, {args.iterations} iterations, batch {args.batch_size}",
@@ -253,7 +270,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                           f"(weight_error_mixed averages over those)",
                           "std_ratio and weight_error: see the table below and the script's docstring; "
                           "component_fractions (per method, per measurement) are in the JSON"])
-    json_path, md_path = write_results(results, Path(args.results_dir) / f"gaussian_mixture_{args.mesh}_{args.scale}")
+    stem = args.results_name or f"gaussian_mixture_{args.mesh}_{args.scale}"
+    json_path, md_path = write_results(results, Path(args.results_dir) / stem)
     with open(md_path, "a") as handle:
         handle.write("\n" + "\n".join(extra_table(rows)))
     log(f"wrote {json_path} and {md_path}")

@@ -29,7 +29,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         flow: str = "realnvp", scale: str = "cpu", device="auto", blind: bool = False,
         hidden_range: tuple[float, float] = (0.3, 0.6), test_signals=None, checkpoint_dir=None, seed: int = 0,
         progress: bool = True, gaussian_base: bool = True, base_rank: int = 64, normalizer="auto",
-        resume: bool = True, **overrides) -> AmortizedPosteriorSampler:
+        resume: bool = True, prior_draws=None, **overrides) -> AmortizedPosteriorSampler:
     """Fit an amortized posterior sampler for random vertex masking on ``mesh``.
 
     A short tutorial::
@@ -82,6 +82,9 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         overrides: :meth:`APSConfig.preset` fields (e.g. ``iterations=...``, ``flow_depth=...``,
             ``forward_kl_weight=1.0``: add the mass-covering term on signals drawn from the prior,
             kept in ``checkpoint_dir/prior_draws.pt``).
+        prior_draws: for ``forward_kl_weight`` > 0, signals ``(N, V)`` / ``(N, V, C)`` drawn from the
+            prior by other means (e.g. exactly, for a prior known in closed form), in the units of
+            ``signals``; default: ``forward_kl_draws`` ancestral draws of ``prior``.
 
     Reproducible: the same ``seed`` gives the same networks, measurements and trained weights on
     the same device (the global torch RNG is seeded inside and restored afterwards).
@@ -132,8 +135,15 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
                                        config.marginal_components) if config.marginal_components else None)
         model = AmortizedPosteriorSampler(flow_model, prior.cpu(), operator, num_times=config.num_times, base=base,
                                           normalizer=normalizer, marginal=marginal)
-        draws = (_prior_draws(prior, config, seed, checkpoint_dir, resume, progress) if config.forward_kl_weight
-                 else None)
+        if prior_draws is not None:
+            draws = layout.to_batch(prior_draws)[0]
+            if not torch.isfinite(draws).all():
+                raise ValueError("prior_draws must be complete, finite signals (no NaN or ±inf)")
+            draws = draws if normalizer is None else normalizer.normalize(draws) * layout.vertex_mask()[:, None]
+        elif config.forward_kl_weight:
+            draws = _prior_draws(prior, config, seed, checkpoint_dir, resume, progress)
+        else:
+            draws = None
         train_aps(model, measurements, config, None if checkpoint_dir is None else checkpoint_dir / "aps.pt",
                   resume=resume, progress=progress, device=device, prior_draws=draws)
     if test_signals is not None:
