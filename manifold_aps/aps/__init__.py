@@ -33,8 +33,14 @@ per-entry monotone map (:class:`~manifold_aps.flows.VertexwiseMonotone`, one sma
 all vertices) follows the base, ``x = g(μ(y) + s(y) ⊙ (u + E Eᵀ u))``, to reshape its Gaussian
 marginals; ``log|det|`` gains ``Σ log g'``.
 
+Forward-KL term. With ``forward_kl_weight = λ > 0`` the loss gains ``λ · (−log q(x | y))`` on
+signals ``x`` drawn from the prior itself and measured afresh at every step
+(:mod:`~manifold_aps.aps.forward_kl`): a mass-covering companion to the mode-seeking reverse KL
+that still needs no clean data.
+
 Modules: :mod:`~manifold_aps.aps.config` (:class:`APSConfig`), :mod:`~manifold_aps.aps.sampler`
 (:class:`AmortizedPosteriorSampler`: objective, sampling, persistence),
+:mod:`~manifold_aps.aps.forward_kl` (prior draws and ``log q``),
 :mod:`~manifold_aps.aps.training` (:func:`train_aps`) and :mod:`~manifold_aps.aps.fitting`
 (:func:`fit`).
 """
