@@ -44,6 +44,8 @@ def card(task, prior, samplers: dict, scores: dict, args) -> str:
         report = model.report
         lines.append(f"- {'blind ' if model.blind else ''}APS: `{model.flow_kind}` flow {json.dumps(model.flow.config)}, "
                      f"Gaussian base of rank {model.base_rank if model.base is not None else 'none'}, "
+                     + (f"per-entry map with K = {model.marginal.config['components']} terms, "
+                        if model.marginal is not None else "") +
                      f"{report.get('train_seconds', float('nan')):.0f} s wall; command: `{getattr(args, key + '_command')}`")
     if not samplers:
         env = environment()
@@ -60,7 +62,7 @@ def card(task, prior, samplers: dict, scores: dict, args) -> str:
                      f"{score['seconds_per_measurement']:.3g} |")
     env = environment()
     lines += ["", f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} on {env['machine']} "
-              f"(commit {env['commit']}). Load with `manifold_aps.pretrained.load_sampler({task.name!r}"
+              f"(commit {env['commit']}). Load with `manifold_aps.pretrained.load_sampler({args.name!r}"
               f"{', blind=True' if 'blind' in samplers and 'aps' not in samplers else ''})`; "
               "benchmark tables: docs/benchmarks.md.", ""]
     return "\n".join(lines)
