@@ -235,6 +235,7 @@ def cmd_fit(args) -> int:
         mesh, signals, test = load_mesh(args.mesh), _read_signals(args.signals), None
         mask_rate, noise_std = args.mask_rate, args.noise_std
     prior = load_prior(args.prior) if args.prior else None
+    prior_draws = _read_signals(args.prior_draws) if args.prior_draws else None
     overrides = {key: value for key, value in (("iterations", args.iterations), ("flow_depth", args.flow_depth),
                                                ("hidden", args.hidden), ("num_times", args.num_times),
                                                ("marginal_components", args.marginal_components),
@@ -245,7 +246,8 @@ def cmd_fit(args) -> int:
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
                 gaussian_base=not args.no_gaussian_base, base_rank=args.base_rank,
-                checkpoint_dir=Path(args.output).with_suffix(".checkpoints"), resume=not args.fresh, **overrides)
+                checkpoint_dir=Path(args.output).with_suffix(".checkpoints"), resume=not args.fresh,
+                prior_draws=prior_draws, **overrides)
     model.report["train_seconds"] = time.perf_counter() - started  # APS only (with the base), or prior + APS
     model.save(args.output)
     print(json.dumps({"output": args.output, "report": model.report}, default=str))
@@ -386,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="λ > 0: add λ·(−log q(x|y)) on signals drawn from the prior (mass-covering; default 0)")
     fitting.add_argument("--forward-kl-draws", type=int, default=None,
                          help="prior draws for --forward-kl-weight (default 4096; drawn once, kept beside --output)")
+    fitting.add_argument("--prior-draws", help="signals file (as --signals) of draws from the prior for "
+                         "--forward-kl-weight, made elsewhere (default: drawn from the prior here)")
     fitting.add_argument("--forward-kl-steps", type=int, default=None,
                          help="ancestral-sampling steps of each prior draw for --forward-kl-weight (default 100)")
     fitting.add_argument("--base-rank", type=int, default=64,

@@ -110,6 +110,8 @@ def test_fit_with_the_forward_term_keeps_its_draws_and_needs_them(field, tmp_pat
     modified = (tmp_path / "prior_draws.pt").stat().st_mtime_ns
     aps.fit(MESH, signals, **options)  # resumes: same draws, not drawn again
     assert (tmp_path / "prior_draws.pt").stat().st_mtime_ns == modified
+    with pytest.raises(ValueError, match="give forward_kl_weight"):
+        aps.fit(MESH, signals, prior=prior, scale="smoke", iterations=2, prior_draws=signals, progress=False)
     with pytest.raises(ValueError, match="needs prior_draws"):
         train_aps(model, measurement_of(field), APSConfig.preset("smoke", iterations=1, forward_kl_weight=1.0),
                   progress=False)

@@ -136,6 +136,8 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         model = AmortizedPosteriorSampler(flow_model, prior.cpu(), operator, num_times=config.num_times, base=base,
                                           normalizer=normalizer, marginal=marginal)
         if prior_draws is not None:
+            if not config.forward_kl_weight:
+                raise ValueError("prior_draws are for the forward-KL term: give forward_kl_weight > 0 as well")
             draws = layout.to_batch(prior_draws)[0]
             if not torch.isfinite(draws).all():
                 raise ValueError("prior_draws must be complete, finite signals (no NaN or ±inf)")
