@@ -53,6 +53,8 @@ def card(task, prior, samplers: dict, scores: dict, args) -> str:
             "", f"No APS sampler is shipped with this prior. Denoising quality against the exact Gaussian: "
             f"`{args.quality}`.", "", f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} on "
             f"{env['machine']} (commit {env['commit']}). Load with `manifold_aps.pretrained.load_prior({args.name!r})`.", ""])
+    if args.quality:
+        lines.append(f"- the prior's denoising quality against the exact Gaussian: `{args.quality}`")
     lines += ["", f"Scores of the stored (float16-rounded) weights on {args.n_measurements} fixed-seed measurements "
               "of the test split (seed 1; 128 samples each; coverage of the 90 % interval on hidden vertices; the blind "
               "sampler's measurements hide a rate drawn per measurement in 30–60 %, the others the task's rate):", "",
