@@ -7,9 +7,11 @@ Each task ``name`` (``"bunny_mnist"``, ``"era5_proxy"``) has, in this folder,
   prior (they share ``<name>_prior.pt``),
 - ``<name>.md``: the model card (data, steps, wall time, metrics, the commands that made it).
 
-A prior may also ship alone under its own name (``bunny_mnist_guided``, ``era5_proxy_guided``:
-the guided Gaussian-residual priors of the two tasks, for the zero-shot samplers), loaded with
-:func:`load_prior`; :func:`priors` lists every shipped prior.
+A prior may also ship under its own name, alone or with samplers trained against it
+(``bunny_mnist_guided``: the guided Gaussian-residual Bunny-MNIST prior and an APS sampler with a
+per-entry map distilled against it, the best shipped Bunny-MNIST sampler; ``era5_proxy_guided``:
+the sphere's guided prior alone), loaded with :func:`load_prior` / :func:`load_sampler`;
+:func:`priors` lists every shipped prior.
 
 Large weight tensors are stored as float16 to keep the package small and are loaded back as
 float32; the model cards report metrics measured with the stored (float16-rounded) weights.
