@@ -117,3 +117,23 @@ def test_fit_with_the_forward_term_keeps_its_draws_and_needs_them(field, tmp_pat
                   progress=False)
     with pytest.raises(ValueError, match="forward_kl_weight"):
         APSConfig.preset("smoke", forward_kl_weight=-1.0)
+
+
+def test_posterior_density_benchmark_scores_a_gaussian_root_exactly(field):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "posterior_density.py"
+    spec = importlib.util.spec_from_file_location("posterior_density_benchmark", script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    measurement = measurement_of(field, count=2)
+    V = LAYOUT.num_vertices
+    y, observed = measurement.real_entries(V)
+    root = field.posterior_root(y.double(), observed, NOISE, field.rank)
+    x = field.sample(2, torch.Generator().manual_seed(7)).double()
+    ours = benchmark.gaussian_log_density(root, x)
+    for i in range(2):
+        exact = field.posterior(y[i], observed[i], NOISE, full_covariance=True)
+        truth = torch.distributions.MultivariateNormal(exact.mean, exact.covariance).log_prob(x[i])
+        torch.testing.assert_close(ours[i], truth, atol=1e-6, rtol=1e-8)

@@ -1,0 +1,106 @@
+"""Held-out log-likelihood of posterior samplers: ``−log q(x | y)`` per entry of test signals under
+each sampler's exact density — a proper score of the whole joint posterior, not only of its mean
+and marginals (docs/benchmarks.md, "APS with the forward-KL term").
+
+Every test signal ``x`` is measured once (the task's operator, seed ``--seed``); rows:
+
+- each ``--sampler NAME=PATH`` (an APS file): :func:`manifold_aps.aps.forward_kl.log_density`;
+- ``NAME base``: the same sampler's Gaussian base alone (its flow and map at the identity: the
+  posterior of its rank-r PPCA);
+- ``optimal interpolation``: the exact Gaussian posterior of a PPCA fitted to the training split,
+  its rank chosen on 64 validation measurements (as in the task benchmarks).
+
+Lower is better; values are nats per entry (``V · C``), averaged (and the median) over signals.
+
+    python benchmarks/posterior_density.py --task bunny_mnist --measurements 256 --threads 1 \\
+        --sampler reverse_kl=DIR/bunny_mnist_aps_cpu.pt --sampler forward_kl=DIR2/bunny_mnist_aps_cpu.pt \\
+        --output benchmarks/results/posterior_density_bunny_mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from manifold_aps.aps import AmortizedPosteriorSampler
+from manifold_aps.aps.forward_kl import base_inverse, log_density
+from manifold_aps.benchmark import environment
+from manifold_aps.gaussian_posterior import GaussianRoot, optimal_interpolation
+from manifold_aps.tasks import load_task
+
+
+def gaussian_log_density(root: GaussianRoot, x: torch.Tensor) -> torch.Tensor:
+    """``log N(x; mean, Σ)`` ``(B,)`` of a :class:`GaussianRoot` at ``x`` ``(B, D)``."""
+    u, log_det = base_inverse(root, x)
+    return -0.5 * (u**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi) + log_det
+
+
+def summary(name: str, log_q: torch.Tensor, entries: int) -> dict:
+    per_entry = -log_q.double() / entries
+    return dict(method=name, nll_per_entry=float(per_entry.mean()), nll_per_entry_median=float(per_entry.median()),
+                n_measurements=len(per_entry))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=("bunny_mnist", "era5_proxy"))
+    parser.add_argument("--sampler", action="append", required=True, help="NAME=PATH of an APS file (repeatable)")
+    parser.add_argument("--measurements", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", required=True, help="results stem (.json and .md are written)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    task = load_task(args.task)
+    V = task.mesh.num_vertices
+    samplers = {}
+    for item in args.sampler:
+        name, separator, path = item.partition("=")
+        if not separator:
+            parser.error(f"--sampler wants NAME=PATH, got {item!r}")
+        samplers[name] = AmortizedPosteriorSampler.load(path).eval()
+    layout = next(iter(samplers.values())).layout
+    entries = V * layout.num_channels
+    truth = layout.pad(task.test[: args.measurements])
+    measurement = task.operator(truth, torch.Generator().manual_seed(args.seed))
+    rows = []
+    with torch.no_grad():
+        for name, model in samplers.items():
+            chunks = [(measurement[i:i + 64], truth[i:i + 64]) for i in range(0, len(truth), 64)]
+            rows.append(summary(name, torch.cat([log_density(model, m, x) for m, x in chunks]), entries))
+            if model.base is not None:
+                rows.append(summary(f"{name} base", torch.cat([
+                    gaussian_log_density(model.base_root(m), layout.unpad(x).flatten(1)) for m, x in chunks]), entries))
+        validation = task.validation[:64]
+        gaussian, _ = optimal_interpolation(task.train.flatten(1), task.operator(
+            layout.pad(validation), torch.Generator().manual_seed(args.seed + 1)).real_entries(V),
+            validation.flatten(1), task.operator.noise_std)
+        y, observed = measurement.real_entries(V)
+        root = gaussian.posterior_root(y, observed, task.operator.noise_std, gaussian.rank)
+        rows.append(summary(f"optimal interpolation (rank {gaussian.rank})",
+                            gaussian_log_density(root, layout.unpad(truth).flatten(1).double()), entries))
+    env = environment()
+    command = "python benchmarks/posterior_density.py " + " ".join(
+        f"--task {args.task} --measurements {args.measurements} --seed {args.seed} --threads {args.threads}".split()
+        + [f"--sampler {item}" for item in args.sampler] + [f"--output {args.output}"])
+    results = dict(task=args.task, data=task.data_label, command=command, **env, rows=rows,
+                   hidden_fraction=task.operator.hidden_fraction, noise_std=task.operator.noise_std)
+    stem = Path(args.output)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# {args.task}: held-out −log q(x | y) per entry", "", f"- data: {task.data_label}",
+             f"- {args.measurements} test signals, each measured once ({task.operator.hidden_fraction:.0%} hidden, "
+             f"σ_y {task.operator.noise_std}, seed {args.seed}); nats per entry ({entries} entries); lower is better",
+             f"- command: `{command}`", f"- machine: {env['machine']}; date {env['date']}; commit {env['commit']}", "",
+             "| method | −log q per entry (mean) | median |", "|---|---|---|"]
+    lines += [f"| {row['method']} | {row['nll_per_entry']:.3f} | {row['nll_per_entry_median']:.3f} |" for row in rows]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
