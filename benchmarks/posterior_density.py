@@ -11,6 +11,10 @@ Every test signal ``x`` is measured once (the task's operator, seed ``--seed``);
   its rank chosen on 64 validation measurements (as in the task benchmarks).
 
 Lower is better; values are nats per entry (``V · C``), averaged (and the median) over signals.
+For the APS samplers also: ``−log q`` of one of their own draws per measurement (an estimate of
+the posterior's entropy per entry, to set against the test signals'), and the squared error of
+their N = 128 mean per entry, split by where the truth is exactly 0 (a point mass such as
+MNIST's background) or not and by observed or hidden.
 
     python benchmarks/posterior_density.py --task bunny_mnist --measurements 256 --threads 1 \\
         --sampler reverse_kl=DIR/bunny_mnist_aps_cpu.pt --sampler forward_kl=DIR2/bunny_mnist_aps_cpu.pt \\
@@ -45,6 +49,28 @@ def summary(name: str, log_q: torch.Tensor, entries: int) -> dict:
                 n_measurements=len(per_entry))
 
 
+def sampler_checks(model, measurement, truth, entries: int, seed: int) -> dict:
+    """``−log q`` of one own draw per measurement, and the squared error of the N = 128 mean per
+    region (the truth exactly 0 or not × observed or hidden), each as a mean over all entries."""
+    generator = torch.Generator().manual_seed(seed)
+    own, errors = [], {}
+    for start in range(0, len(truth), 64):
+        part, x = measurement[start:start + 64], truth[start:start + 64]
+        z = torch.randn(len(x), model.flow.dim, generator=generator)
+        _, log_det = model.generate(part, z)
+        own.append(-0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi) - log_det)
+        mean = model.sample_measurement(part, 128, generator).mean(0)
+        V = model.layout.num_vertices
+        error = ((mean - x) ** 2)[:, :V]
+        observed = part.observed[:, :V, None].expand_as(error)
+        zero = x[:, :V] == 0
+        for key, region in (("zero_observed", zero & observed), ("zero_hidden", zero & ~observed),
+                            ("nonzero_observed", ~zero & observed), ("nonzero_hidden", ~zero & ~observed)):
+            errors[key] = errors.get(key, 0.0) + float((error * region).sum())
+    return dict(own_draw_nll_per_entry=float((-torch.cat(own).double() / entries).mean()),
+                **{f"squared_error_{key}": value / (len(truth) * entries) for key, value in errors.items()})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=("bunny_mnist", "era5_proxy"))
@@ -71,7 +97,8 @@ def main():
     with torch.no_grad():
         for name, model in samplers.items():
             chunks = [(measurement[i:i + 64], truth[i:i + 64]) for i in range(0, len(truth), 64)]
-            rows.append(summary(name, torch.cat([log_density(model, m, x) for m, x in chunks]), entries))
+            rows.append(summary(name, torch.cat([log_density(model, m, x) for m, x in chunks]), entries)
+                        | sampler_checks(model, measurement, truth, entries, args.seed + 2))
             if model.base is not None:
                 rows.append(summary(f"{name} base", torch.cat([
                     gaussian_log_density(model.base_root(m), layout.unpad(x).flatten(1)) for m, x in chunks]), entries))
@@ -96,8 +123,14 @@ def main():
              f"- {args.measurements} test signals, each measured once ({task.operator.hidden_fraction:.0%} hidden, "
              f"σ_y {task.operator.noise_std}, seed {args.seed}); nats per entry ({entries} entries); lower is better",
              f"- command: `{command}`", f"- machine: {env['machine']}; date {env['date']}; commit {env['commit']}", "",
-             "| method | −log q per entry (mean) | median |", "|---|---|---|"]
-    lines += [f"| {row['method']} | {row['nll_per_entry']:.3f} | {row['nll_per_entry_median']:.3f} |" for row in rows]
+             "- own draw: −log q of one of the sampler's own draws per measurement; squared error of the N = 128 "
+             "mean summed over a region / all entries (truth exactly 0 or not, observed or hidden)", "",
+             "| method | −log q per entry (mean) | median | own draw | sq. error: 0, observed | 0, hidden "
+             "| non-0, observed | non-0, hidden |", "|---|---|---|---|---|---|---|---|"]
+    keys = ("own_draw_nll_per_entry", "squared_error_zero_observed", "squared_error_zero_hidden",
+            "squared_error_nonzero_observed", "squared_error_nonzero_hidden")
+    lines += [f"| {row['method']} | {row['nll_per_entry']:.3f} | {row['nll_per_entry_median']:.3f} | "
+              + " | ".join(f"{row[key]:.3g}" if key in row else "" for key in keys) + " |" for row in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
