@@ -51,8 +51,8 @@ def draw_prior_signals(prior: DiffusionPrior, count: int, diffusion_steps: int =
 
 
 def base_inverse(root: GaussianRoot, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :meth:`GaussianRoot.transform`: ``u = (I + E Eᵀ)⁻¹ ((x − mean) / scale)`` and
-    ``log|det ∂u/∂x| = −root.log_det()``."""
+    """Inverse of :meth:`~manifold_aps.gaussian_posterior.GaussianRoot.transform`:
+    ``u = (I + E Eᵀ)⁻¹ ((x − mean) / scale)`` and ``log|det ∂u/∂x| = −root.log_det()``."""
     w = (x - root.mean) / root.scale
     E = root.directions
     column_norms = (E**2).sum(dim=1)  # ‖E_:r‖², (B, r)
