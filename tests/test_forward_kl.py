@@ -137,3 +137,14 @@ def test_posterior_density_benchmark_scores_a_gaussian_root_exactly(field):
         exact = field.posterior(y[i], observed[i], NOISE, full_covariance=True)
         truth = torch.distributions.MultivariateNormal(exact.mean, exact.covariance).log_prob(x[i])
         torch.testing.assert_close(ours[i], truth, atol=1e-6, rtol=1e-8)
+
+
+def test_a_run_with_other_prior_draws_does_not_resume(field, tmp_path):
+    from manifold_aps.checkpoint import CheckpointError
+
+    signals = field.sample(64, torch.Generator().manual_seed(0)).numpy()
+    options = dict(prior=exact_prior(field), scale="smoke", iterations=4, forward_kl_weight=1.0, progress=False,
+                   checkpoint_dir=tmp_path)
+    aps.fit(MESH, signals, prior_draws=signals[:16], **options)
+    with pytest.raises(CheckpointError, match="metadata"):
+        aps.fit(MESH, signals, prior_draws=signals[16:32], **options)

@@ -12,7 +12,7 @@ from manifold_aps.aps.config import APSConfig
 from manifold_aps.aps.sampler import AmortizedPosteriorSampler
 from manifold_aps.gaussian_posterior import GaussianRoot
 from manifold_aps.operators import Measurement
-from manifold_aps.trainer import resolve_device, train
+from manifold_aps.trainer import resolve_device, run_fingerprint, train
 
 __all__ = ["train_aps", "pack", "unpack", "initial_guess"]
 
@@ -105,8 +105,11 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
         return (terms["loss"] + forward_weight * terms["forward_kl"]).mean() / entries
 
     model.flow.train()
+    metadata = {"aps": _run_description(config)}
+    if draws is not None:  # a run resumes only with the same draws
+        metadata["prior_draws"] = run_fingerprint(prior_draws)["data"]
     result = train(model, loss_fn, data, replace(config.training, device=str(device), progress=progress),
-                   checkpoint_path=checkpoint, resume=resume, metadata={"aps": _run_description(config)})
+                   checkpoint_path=checkpoint, resume=resume, metadata=metadata)
     result.ema.copy_to(model)
     model.eval()
     return result
