@@ -1,6 +1,7 @@
 """Cost of one posterior sample on this CPU: APS (N = 128 batched, N = 1) against DPS and MMPS with
 1000 diffusion steps, all with the same shipped Bunny-MNIST prior
-(``manifold_aps.pretrained.load_sampler("bunny_mnist")`` and its ``.prior``), one thread.
+(``manifold_aps.pretrained.load_sampler(--sampler)`` and its ``.prior``: ``bunny_mnist``, the
+``mlp`` prior, or ``bunny_mnist_guided``, the guided prior with its per-entry-map sampler), one thread.
 
 Per test measurement (one at a time, batch 1): APS ``sample_measurement(m, N)`` end to end, the
 Gaussian base's per-measurement solve (``base_root``, the every-direction solve) on its own (and
@@ -11,6 +12,7 @@ extrapolated linearly to the full grid (every step does the same work); with ``-
 1000-step run per method is timed as well. Medians over the measurements.
 
     python benchmarks/sample_speed.py --measurements 8 --timed-steps 50 --full
+    python benchmarks/sample_speed.py --sampler bunny_mnist_guided --output benchmarks/results/sample_speed_guided
 
 Writes benchmarks/results/sample_speed.{json,md}; docs/performance.md ("Cost per posterior
 sample") quotes a run.
@@ -54,12 +56,14 @@ def main():
     parser.add_argument("--timed-steps", type=int, default=50, help="diffusion steps timed per measurement")
     parser.add_argument("--full", action="store_true", help="also time one full 1000-step DPS and MMPS run")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each APS timing (median)")
+    parser.add_argument("--sampler", default="bunny_mnist", choices=("bunny_mnist", "bunny_mnist_guided"),
+                        help="the shipped Bunny-MNIST sampler (and its prior) to time")
     parser.add_argument("--output", default="benchmarks/results/sample_speed")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
-    model = pretrained.load_sampler("bunny_mnist")
+    model = pretrained.load_sampler(args.sampler)
     prior, layout = model.prior, model.layout
     digits, _ = load_bunny_mnist("test")
     truth = layout.pad(digits[: args.measurements].float())
@@ -101,7 +105,7 @@ def main():
         "mmps": full.get("mmps", median["mmps_step"] * DIFFUSION_STEPS),
     }
     results = dict(
-        command="python " + " ".join(sys.argv), **environment(), model="bunny_mnist (shipped)",
+        command="python " + " ".join(sys.argv), **environment(), model=f"{args.sampler} (shipped)",
         flow=model.flow.config, base_rank=model.base_rank, measurements=len(measurements),
         diffusion_steps=DIFFUSION_STEPS, timed_steps=args.timed_steps,
         extrapolated=not args.full,
@@ -127,7 +131,7 @@ def markdown(results: dict) -> str:
     per_sample, per_measurement = results["seconds_per_sample"], results["seconds_per_measurement"]
     how = ("extrapolated linearly from the first {timed_steps} steps of the 1000-step grid".format(**results)
            if results["extrapolated"] else "one full 1000-step run")
-    lines = ["# Cost per posterior sample (Bunny-MNIST, shipped prior and APS)", "",
+    lines = [f"# Cost per posterior sample (Bunny-MNIST, shipped {results['model']} prior and APS)", "",
              f"- command: `{results['command']}`",
              f"- machine: {results['machine']}; date {results['date']}; commit {results['commit']}",
              f"- APS flow {results['flow']}, Gaussian base rank {results['base_rank']}; medians over "
