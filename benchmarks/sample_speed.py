@@ -131,7 +131,7 @@ def markdown(results: dict) -> str:
     per_sample, per_measurement = results["seconds_per_sample"], results["seconds_per_measurement"]
     how = ("extrapolated linearly from the first {timed_steps} steps of the 1000-step grid".format(**results)
            if results["extrapolated"] else "one full 1000-step run")
-    lines = [f"# Cost per posterior sample (Bunny-MNIST, shipped {results['model']} prior and APS)", "",
+    lines = [f"# Cost per posterior sample (Bunny-MNIST, {results['model']}: its prior and APS)", "",
              f"- command: `{results['command']}`",
              f"- machine: {results['machine']}; date {results['date']}; commit {results['commit']}",
              f"- APS flow {results['flow']}, Gaussian base rank {results['base_rank']}; medians over "
