@@ -8,8 +8,8 @@ Each task ``name`` (``"bunny_mnist"``, ``"era5_proxy"``) has, in this folder,
 - ``<name>.md``: the model card (data, steps, wall time, metrics, the commands that made it).
 
 A prior may also ship under its own name, alone or with samplers trained against it
-(``bunny_mnist_guided``: the guided Gaussian-residual Bunny-MNIST prior and an APS sampler with a
-per-entry map distilled against it, the best shipped Bunny-MNIST sampler; ``era5_proxy_guided``:
+(``bunny_mnist_guided``: the guided Gaussian-residual Bunny-MNIST prior and known-mask and blind
+APS samplers with a per-entry map distilled against it, the best shipped Bunny-MNIST samplers; ``era5_proxy_guided``:
 the sphere's guided prior alone), loaded with :func:`load_prior` / :func:`load_sampler`;
 :func:`priors` lists every shipped prior.
 
