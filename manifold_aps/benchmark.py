@@ -215,10 +215,11 @@ def _cell(value) -> str:
 
 
 def write_results(results: dict, stem) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and a markdown table ``<stem>.md``."""
+    """Write ``<stem>.json`` and a markdown table ``<stem>.md`` (a dot in ``stem``, as in
+    ``..._w0.1``, stays part of the name)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path, md_path = stem.parent / f"{stem.name}.json", stem.parent / f"{stem.name}.md"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     columns = ["method", "hidden_fraction", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps",
                "seconds_per_measurement", "nfe", "n_measurements", "tuned"]

@@ -74,6 +74,8 @@ def test_every_method_is_scored_on_the_same_measurements(setting, tmp_path):
     assert json.loads(json_path.read_text())["rows"][0]["method"] == "dps"
     markdown = md_path.read_text()
     assert "| exact |" in markdown and "- dps: step_size 0.5, psnr 20" in markdown
+    dotted = write_results(results, tmp_path / "toy_w0.1")  # a dot in the name is not a suffix
+    assert [path.name for path in dotted] == ["toy_w0.1.json", "toy_w0.1.md"]
 
 
 def test_blind_sweep_scores_blind_and_known_samplers_at_each_rate(setting):
