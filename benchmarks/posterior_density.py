@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from manifold_aps.aps import AmortizedPosteriorSampler
-from manifold_aps.aps.forward_kl import base_inverse, log_density
+from manifold_aps.aps.forward_kl import log_density
 from manifold_aps.benchmark import environment
 from manifold_aps.gaussian_posterior import GaussianRoot, optimal_interpolation
 from manifold_aps.tasks import load_task
@@ -39,7 +39,7 @@ from manifold_aps.tasks import load_task
 
 def gaussian_log_density(root: GaussianRoot, x: torch.Tensor) -> torch.Tensor:
     """``log N(x; mean, Σ)`` ``(B,)`` of a :class:`GaussianRoot` at ``x`` ``(B, D)``."""
-    u, log_det = base_inverse(root, x)
+    u, log_det = root.inverse(x)
     return -0.5 * (u**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi) + log_det
 
 

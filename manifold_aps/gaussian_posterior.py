@@ -73,6 +73,16 @@ class GaussianRoot:
         E = self.directions
         return self.mean + self.scale * (u + torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, u)))
 
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of :meth:`transform` for ``x`` ``(B, D)``: ``u = (I + E Eᵀ)⁻¹ ((x − mean) / scale)``
+        with ``(I + E Eᵀ)⁻¹ = I − E diag(1 / (1 + ‖E_:r‖²)) Eᵀ`` (the columns of ``E`` are orthogonal,
+        see :meth:`marginal_std`), and ``log|det ∂u/∂x| = −log_det()``."""
+        w = (x - self.mean) / self.scale
+        E = self.directions
+        column_norms = (E**2).sum(dim=1)  # ‖E_:r‖², (B, r)
+        u = w - torch.einsum("bdr,br->bd", E, torch.einsum("bdr,bd->br", E, w) / (1 + column_norms))
+        return u, -self.log_det()
+
     def marginal_std(self) -> torch.Tensor:
         """``√Σ_dd`` ``(B, D)``: ``Σ_dd = scale_d² [(I + E Eᵀ)²]_dd = scale_d² (1 + Σ_r E_dr² (2 + ‖E_:r‖²))``,
         in ``O(D r)``: the columns of ``E`` are orthogonal (``E = B U diag(c)`` with ``U`` the

@@ -11,8 +11,7 @@ ancestral sampling of the prior, once, into a bank) measured afresh at every ste
 sampler's own operator. ``log q`` is the flow's exact density: the per-entry map is inverted by
 bisection and differentiated implicitly (one Newton step with gradients at the root:
 ``∂x̃/∂θ = −(∂g/∂θ) / g'(x̃)``), the Gaussian base in closed form
-(``(I + E Eᵀ)⁻¹ = I − E diag(1 / (1 + ‖E_:r‖²)) Eᵀ``: the columns of ``E`` are orthogonal), the
-coupling flow by its inverse.
+(:meth:`~manifold_aps.gaussian_posterior.GaussianRoot.inverse`), the coupling flow by its inverse.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from manifold_aps.diffusion.sampling import sample_ancestral, time_grid
 from manifold_aps.gaussian_posterior import GaussianRoot
 from manifold_aps.operators import Measurement
 
-__all__ = ["draw_prior_signals", "base_inverse", "marginal_inverse", "log_density"]
+__all__ = ["draw_prior_signals", "marginal_inverse", "log_density"]
 
 
 @torch.no_grad()
@@ -48,16 +47,6 @@ def draw_prior_signals(prior: DiffusionPrior, count: int, diffusion_steps: int =
             print(f"prior draws: {start + size}/{count}", flush=True)
     layout = prior.layout
     return layout.pad(layout.unpad(layout.unflatten(torch.cat(draws))))
-
-
-def base_inverse(root: GaussianRoot, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :meth:`~manifold_aps.gaussian_posterior.GaussianRoot.transform`:
-    ``u = (I + E Eᵀ)⁻¹ ((x − mean) / scale)`` and ``log|det ∂u/∂x| = −root.log_det()``."""
-    w = (x - root.mean) / root.scale
-    E = root.directions
-    column_norms = (E**2).sum(dim=1)  # ‖E_:r‖², (B, r)
-    u = w - torch.einsum("bdr,br->bd", E, torch.einsum("bdr,bd->br", E, w) / (1 + column_norms))
-    return u, -root.log_det()
 
 
 def marginal_inverse(marginal, x: torch.Tensor, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
@@ -97,6 +86,6 @@ def log_density(model, measurement: Measurement, x: torch.Tensor, root: Gaussian
             features, mean, std = model.marginal_inputs(condition, root)
             values, step = marginal_inverse(model.marginal, values.reshape(-1, V, C), features, mean, std)
             values, log_det = values.reshape(len(x), V * C), log_det + step
-        values, step = base_inverse(root, values)
+        values, step = root.inverse(values)
         log_det = log_det + step
     return model.flow.log_prob(values, condition) + log_det
