@@ -241,7 +241,8 @@ def cmd_fit(args) -> int:
                                                ("marginal_components", args.marginal_components),
                                                ("forward_kl_weight", args.forward_kl_weight),
                                                ("forward_kl_draws", args.forward_kl_draws),
-                                               ("forward_kl_steps", args.forward_kl_steps)) if value is not None}
+                                               ("forward_kl_steps", args.forward_kl_steps),
+                                               ("forward_kl_noise", args.forward_kl_noise)) if value is not None}
     started = time.perf_counter()
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
@@ -392,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "--forward-kl-weight, made elsewhere (default: drawn from the prior here)")
     fitting.add_argument("--forward-kl-steps", type=int, default=None,
                          help="ancestral-sampling steps of each prior draw for --forward-kl-weight (default 100)")
+    fitting.add_argument("--forward-kl-noise", type=float, default=None,
+                         help="σ > 0: fit --forward-kl-weight's density to the draws plus N(0, σ²) noise "
+                         "(dequantised; normalised units like the noise std; default 0)")
     fitting.add_argument("--base-rank", type=int, default=64,
                          help="largest rank of the Gaussian (optimal-interpolation) base of the flow")
     fitting.add_argument("--no-gaussian-base", action="store_true", help="train the flow from z alone (as the paper)")

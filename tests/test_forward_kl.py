@@ -7,7 +7,7 @@ import torch
 
 import manifold_aps as aps
 from manifold_aps.aps import APSConfig, AmortizedPosteriorSampler, condition_channels, train_aps
-from manifold_aps.aps.forward_kl import draw_prior_signals, log_density, marginal_inverse
+from manifold_aps.aps.forward_kl import dequantise, draw_prior_signals, log_density, marginal_inverse
 from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.flows import build_flow
 
@@ -142,3 +142,29 @@ def test_a_run_with_other_prior_draws_does_not_resume(field, tmp_path):
     aps.fit(MESH, signals, prior_draws=signals[:16], **options)
     with pytest.raises(CheckpointError, match="metadata"):
         aps.fit(MESH, signals, prior_draws=signals[16:32], **options)
+
+
+def test_dequantise_adds_noise_of_its_std_to_real_entries_only():
+    x = torch.zeros(4000, LAYOUT.padded_vertices, 1)
+    x[:, : LAYOUT.num_vertices] = 0.5
+    assert dequantise(x, 0.0, LAYOUT) is x
+    noisy = dequantise(x, 0.1, LAYOUT, torch.Generator().manual_seed(0))
+    assert (noisy[:, LAYOUT.num_vertices:] == 0).all()
+    real = noisy[:, : LAYOUT.num_vertices, 0] - 0.5
+    assert real.mean().abs() < 2e-3 and (real.std() - 0.1).abs() < 2e-3
+
+
+def test_a_dequantised_run_is_its_own_run(field, tmp_path):
+    from manifold_aps.checkpoint import CheckpointError
+
+    signals = field.sample(64, torch.Generator().manual_seed(0)).numpy()
+    options = dict(prior=exact_prior(field), scale="smoke", iterations=4, forward_kl_weight=1.0, progress=False,
+                   prior_draws=signals[:16])
+    plain = aps.fit(MESH, signals, checkpoint_dir=tmp_path, **options)
+    dequantised = aps.fit(MESH, signals, forward_kl_noise=0.05, **options)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.flow.state_dict().values(),
+                                                     dequantised.flow.state_dict().values()))
+    with pytest.raises(CheckpointError, match="metadata"):
+        aps.fit(MESH, signals, checkpoint_dir=tmp_path, forward_kl_noise=0.05, **options)
+    with pytest.raises(ValueError, match="forward_kl_noise"):
+        APSConfig.preset("smoke", forward_kl_noise=-0.1)

@@ -33,7 +33,9 @@ class APSConfig:
     ``K`` tanh terms after the Gaussian base (0: none); ``forward_kl_weight``: ``λ_fwd > 0`` adds
     ``λ_fwd · (−log q(x | y))`` on ``forward_kl_draws`` signals drawn from the prior by
     ``forward_kl_steps``-step ancestral sampling, measured afresh each step
-    (:mod:`~manifold_aps.aps.forward_kl`; 0: the APS objective alone).
+    (:mod:`~manifold_aps.aps.forward_kl`; 0: the APS objective alone); ``forward_kl_noise``:
+    ``σ_d > 0`` fits that density to the dequantised draws ``x + σ_d ε`` (model units, like
+    ``noise_std``), the measurements still of ``x``.
     """
 
     training: TrainingConfig
@@ -46,6 +48,7 @@ class APSConfig:
     forward_kl_weight: float = 0.0
     forward_kl_draws: int = 4096
     forward_kl_steps: int = 100
+    forward_kl_noise: float = 0.0
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "APSConfig":
@@ -71,6 +74,9 @@ class APSConfig:
             raise ValueError(f"marginal_components must be ≥ 0, got {self.marginal_components}")
         if not (math.isfinite(self.forward_kl_weight) and self.forward_kl_weight >= 0):
             raise ValueError(f"forward_kl_weight must be a number ≥ 0, got {self.forward_kl_weight}")
+        if not (math.isfinite(self.forward_kl_noise) and self.forward_kl_noise >= 0):
+            raise ValueError(f"forward_kl_noise (the dequantisation std) must be a number ≥ 0, got "
+                             f"{self.forward_kl_noise}")
         if self.forward_kl_draws < 1 or self.forward_kl_steps < 1:
             raise ValueError(f"forward_kl_draws and forward_kl_steps must be ≥ 1, got {self.forward_kl_draws} "
                              f"and {self.forward_kl_steps}")

@@ -81,7 +81,8 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
             and the sampler takes and returns physical values (and checks units).
         overrides: :meth:`APSConfig.preset` fields (e.g. ``iterations=...``, ``flow_depth=...``,
             ``forward_kl_weight=1.0``: add the mass-covering term on signals drawn from the prior,
-            kept in ``checkpoint_dir/prior_draws.pt``).
+            kept in ``checkpoint_dir/prior_draws.pt``; ``forward_kl_noise=σ_d``: fit it to the
+            dequantised draws ``x + σ_d ε``, in the units of ``noise_std``).
         prior_draws: for ``forward_kl_weight`` > 0, signals ``(N, V)`` / ``(N, V, C)`` drawn from the
             prior by other means (e.g. exactly, for a prior known in closed form), in the units of
             ``signals``; default: ``forward_kl_draws`` ancestral draws of ``prior``.

@@ -8,7 +8,8 @@ mode-seeking, and its gradient is as noisy as the ELBO. The forward KL over the 
 
 is mass-covering, needs no ELBO, and its unbiased estimate needs only draws ``x ~ p`` (here DDPM
 ancestral sampling of the prior, once, into a bank) measured afresh at every step by the
-sampler's own operator. ``log q`` is the flow's exact density: the per-entry map is inverted by
+sampler's own operator (optionally fitted to dequantised draws ``x + σ_d ε``, :func:`dequantise`).
+``log q`` is the flow's exact density: the per-entry map is inverted by
 bisection and differentiated implicitly (one Newton step with gradients at the root:
 ``∂x̃/∂θ = −(∂g/∂θ) / g'(x̃)``), the Gaussian base in closed form
 (:meth:`~manifold_aps.gaussian_posterior.GaussianRoot.inverse`), the coupling flow by its inverse.
@@ -25,7 +26,7 @@ from manifold_aps.diffusion.sampling import sample_ancestral, time_grid
 from manifold_aps.gaussian_posterior import GaussianRoot
 from manifold_aps.operators import Measurement
 
-__all__ = ["draw_prior_signals", "marginal_inverse", "log_density"]
+__all__ = ["draw_prior_signals", "dequantise", "marginal_inverse", "log_density"]
 
 
 @torch.no_grad()
@@ -47,6 +48,17 @@ def draw_prior_signals(prior: DiffusionPrior, count: int, diffusion_steps: int =
             print(f"prior draws: {start + size}/{count}", flush=True)
     layout = prior.layout
     return layout.pad(layout.unpad(layout.unflatten(torch.cat(draws))))
+
+
+def dequantise(x: torch.Tensor, noise_std: float, layout, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x + σ_d ε``, ``ε ~ N(0, I)`` on the real entries of padded signals ``x`` ``(B, V_pad, C)``
+    (padding stays exactly zero). With ``y`` measured from ``x``, ``E[x + σ_d ε | y] = E[x | y]``:
+    a density fitted to these keeps the posterior mean, while a point mass in the draws (MNIST's
+    background at 0) becomes a Gaussian of std ``σ_d`` whose log-density is bounded."""
+    if noise_std == 0:
+        return x
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + noise_std * noise * layout.vertex_mask().to(x.device, x.dtype)[:, None]
 
 
 def marginal_inverse(marginal, x: torch.Tensor, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,

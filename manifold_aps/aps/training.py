@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from manifold_aps.aps.config import APSConfig
+from manifold_aps.aps.forward_kl import dequantise
 from manifold_aps.aps.sampler import AmortizedPosteriorSampler
 from manifold_aps.gaussian_posterior import GaussianRoot
 from manifold_aps.operators import Measurement
@@ -63,7 +64,8 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
 
     With ``config.forward_kl_weight`` > 0, ``prior_draws`` (padded signals drawn from the prior,
     :func:`~manifold_aps.aps.forward_kl.draw_prior_signals`) are measured afresh at every step and
-    the loss gains ``λ_fwd · (−log q(x | y))`` per entry on as many of them as the batch holds.
+    the loss gains ``λ_fwd · (−log q(x | y))`` per entry on as many of them as the batch holds
+    (at ``x + σ_d ε`` with ``config.forward_kl_noise`` = ``σ_d`` > 0, :func:`~manifold_aps.aps.forward_kl.dequantise`).
     """
     forward_weight = config.forward_kl_weight
     if forward_weight > 0 and (prior_draws is None or prior_draws.shape[1:] != (model.layout.padded_vertices,
@@ -101,7 +103,8 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
         if draws is None:
             return trained(measurement, generator, batch_root)["loss"].mean() / entries
         x = draws[torch.randint(len(draws), (len(batch),), generator=generator, device=device)]
-        terms = trained(measurement, generator, batch_root, simulated=(model.operator(x, generator), x))
+        simulated = (model.operator(x, generator), dequantise(x, config.forward_kl_noise, model.layout, generator))
+        terms = trained(measurement, generator, batch_root, simulated=simulated)
         return (terms["loss"] + forward_weight * terms["forward_kl"]).mean() / entries
 
     model.flow.train()
@@ -115,11 +118,9 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
     return result
 
 
-
-
 def _run_description(config: APSConfig) -> dict:
     """What defines an APS run besides the data and optimisation (the checkpoint's metadata); the
-    marginal map and the forward-KL term only when there are, so runs from before they existed
+    marginal map, the forward-KL term and its dequantisation only when there are, so runs from before they existed
     still resume."""
     description = config.flow_shape() | {"num_times": config.num_times}
     if config.marginal_components:
@@ -127,4 +128,6 @@ def _run_description(config: APSConfig) -> dict:
     if config.forward_kl_weight:
         description |= {name: getattr(config, name) for name in ("forward_kl_weight", "forward_kl_draws",
                                                                  "forward_kl_steps")}
+        if config.forward_kl_noise:
+            description["forward_kl_noise"] = config.forward_kl_noise
     return description
