@@ -238,6 +238,7 @@ def cmd_fit(args) -> int:
     prior_draws = _read_signals(args.prior_draws) if args.prior_draws else None
     overrides = {key: value for key, value in (("iterations", args.iterations), ("flow_depth", args.flow_depth),
                                                ("hidden", args.hidden), ("num_times", args.num_times),
+                                               ("condition_features", args.condition_features),
                                                ("marginal_components", args.marginal_components),
                                                ("forward_kl_weight", args.forward_kl_weight),
                                                ("forward_kl_draws", args.forward_kl_draws),
@@ -383,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="coupling steps of the flow (default: the scale's preset; --n-steps is the old name)")
     fitting.add_argument("--hidden", type=int, default=None, help="flow coupling width (default: the scale's preset)")
     fitting.add_argument("--num-times", type=int, default=None, help="ELBO draws per flow sample (default: the preset)")
+    fitting.add_argument("--condition-features", type=int, default=None,
+                         help="m > 0: a shared encoder reads the condition once into m features for every "
+                         "coupling (cheaper wide flows; default 0)")
     fitting.add_argument("--marginal-components", type=int, default=None,
                          help="K > 0: a per-entry monotone map with K tanh terms after the Gaussian base (default 0)")
     fitting.add_argument("--forward-kl-weight", type=float, default=None,

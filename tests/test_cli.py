@@ -62,10 +62,11 @@ def test_fit_then_sample_on_user_files(tmp_path, capsys):
     np.savez(tmp_path / "signals.npz", signals=signals)
     assert main(["fit", "--mesh", str(tmp_path / "mesh.obj"), "--signals", str(tmp_path / "signals.npz"),
                  "--scale", "smoke", "--iterations", "5", "--mask-rate", "0.5", "--marginal-components", "2",
-                 "--num-times", "2", "--forward-kl-weight", "0.5", "--forward-kl-draws", "8", "--forward-kl-steps", "3", "--forward-kl-noise", "0.01",
-                 "--output", str(tmp_path / "aps.pt")]) == 0
+                 "--num-times", "2", "--forward-kl-weight", "0.5", "--forward-kl-draws", "8", "--forward-kl-steps", "3",
+                 "--forward-kl-noise", "0.01", "--condition-features", "6", "--output", str(tmp_path / "aps.pt")]) == 0
     fitted = aps.AmortizedPosteriorSampler.load(tmp_path / "aps.pt")
     assert fitted.marginal.config["components"] == 2 and fitted.num_times == 2
+    assert fitted.flow.config["condition_features"] == 6
     draws = torch.load(tmp_path / "aps.checkpoints" / "prior_draws.pt", weights_only=True)
     assert draws["draws"].shape[0] == 8 and draws["made_by"]["steps"] == 3
     observed = signals[:3].copy()

@@ -144,6 +144,8 @@ def test_fit_names_a_mesh_that_is_not_a_mesh_and_bad_settings():
         fit(MESH, signals(), iteration=3, scale="smoke", progress=False)
     with pytest.raises(ValueError, match="scale_bound"):
         APSConfig.preset("smoke", scale_bound=0.0)
+    with pytest.raises(ValueError, match="condition_features"):
+        APSConfig.preset("smoke", condition_features=-1)
 
 
 def test_fit_accepts_numpy_scalars_lists_and_latlon_grids():

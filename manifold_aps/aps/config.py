@@ -29,6 +29,9 @@ class APSConfig:
     ``warmup_iterations``, ``grad_clip``, ``ema_decay``, ``checkpoint_every``, ``seed``,
     ``weight_decay`` for the optimisation; ``flow_depth`` (coupling steps), ``hidden``,
     ``layers``, ``scale_bound``, ``num_times`` for the flow and the objective;
+    ``condition_features``: ``m > 0`` reads the condition once through a shared encoder to ``m``
+    features that every coupling reads (:mod:`~manifold_aps.flows.encoders`; 0: each coupling
+    reads the whole condition);
     ``marginal_components``: ``K > 0`` adds a :class:`~manifold_aps.flows.VertexwiseMonotone` with
     ``K`` tanh terms after the Gaussian base (0: none); ``forward_kl_weight``: ``λ_fwd > 0`` adds
     ``λ_fwd · (−log q(x | y))`` on ``forward_kl_draws`` signals drawn from the prior by
@@ -44,6 +47,7 @@ class APSConfig:
     layers: int = 2
     scale_bound: float = 2.0
     num_times: int = 1  # Monte-Carlo (t, e) draws of the ELBO per flow sample
+    condition_features: int = 0
     marginal_components: int = 0
     forward_kl_weight: float = 0.0
     forward_kl_draws: int = 4096
@@ -70,6 +74,8 @@ class APSConfig:
     def __post_init__(self):
         if self.flow_depth < 1 or self.num_times < 1 or self.training.iterations < 1:
             raise ValueError(f"iterations, flow_depth and num_times must be ≥ 1, got {self}")
+        if self.condition_features < 0:
+            raise ValueError(f"condition_features must be ≥ 0, got {self.condition_features}")
         if self.marginal_components < 0:
             raise ValueError(f"marginal_components must be ≥ 0, got {self.marginal_components}")
         if not (math.isfinite(self.forward_kl_weight) and self.forward_kl_weight >= 0):
@@ -94,6 +100,8 @@ class APSConfig:
         return {**flat, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "training"}}
 
     def flow_shape(self) -> dict:
-        """Keyword arguments of :func:`~manifold_aps.flows.build_flow` for this configuration."""
-        return dict(depth=self.flow_depth, hidden=self.hidden, layers=self.layers, scale_bound=self.scale_bound,
-                    seed=self.training.seed)
+        """Keyword arguments of :func:`~manifold_aps.flows.build_flow` for this configuration (the
+        encoder's only when there is one, so runs from before it existed still resume)."""
+        shape = dict(depth=self.flow_depth, hidden=self.hidden, layers=self.layers, scale_bound=self.scale_bound,
+                     seed=self.training.seed)
+        return shape | ({"condition_features": self.condition_features} if self.condition_features else {})
