@@ -11,10 +11,11 @@ Every test signal ``x`` is measured once (the task's operator, seed ``--seed``);
   its rank chosen on 64 validation measurements (as in the task benchmarks).
 
 Lower is better; values are nats per entry (``V · C``), averaged (and the median) over signals.
-For the APS samplers also: ``−log q`` of one of their own draws per measurement (an estimate of
-the posterior's entropy per entry, to set against the test signals'), and the squared error of
-their N = 128 mean per entry, split by where the truth is exactly 0 (a point mass such as
-MNIST's background) or not and by observed or hidden.
+For the APS samplers also ``−log q`` of one of their own draws per measurement (an estimate of
+the posterior's entropy per entry, to set against the test signals'); for every row the PSNR of
+its posterior mean (APS: of N = 128 draws) on all and on hidden entries, and its squared error per
+entry split by where the truth is exactly 0 (a point mass such as MNIST's background) or not and
+by observed or hidden — the means compared on many more signals than the task benchmarks score.
 
     python benchmarks/posterior_density.py --task bunny_mnist --measurements 256 --threads 1 \\
         --sampler reverse_kl=DIR/bunny_mnist_aps_cpu.pt --sampler forward_kl=DIR2/bunny_mnist_aps_cpu.pt \\
@@ -34,6 +35,7 @@ from manifold_aps.aps import AmortizedPosteriorSampler
 from manifold_aps.aps.forward_kl import log_density
 from manifold_aps.benchmark import environment
 from manifold_aps.gaussian_posterior import GaussianRoot, optimal_interpolation
+from manifold_aps.metrics import psnr
 from manifold_aps.tasks import load_task
 
 
@@ -49,26 +51,33 @@ def summary(name: str, log_q: torch.Tensor, entries: int) -> dict:
                 n_measurements=len(per_entry))
 
 
-def sampler_checks(model, measurement, truth, entries: int, seed: int) -> dict:
-    """``−log q`` of one own draw per measurement, and the squared error of the N = 128 mean per
-    region (the truth exactly 0 or not × observed or hidden), each as a mean over all entries."""
+def own_draws_and_mean(model, measurement, entries: int, seed: int) -> tuple[float, torch.Tensor]:
+    """``−log q`` per entry of one own draw per measurement (averaged), and the N = 128 posterior
+    mean ``(B, V_pad, C)``."""
     generator = torch.Generator().manual_seed(seed)
-    own, errors = [], {}
-    for start in range(0, len(truth), 64):
-        part, x = measurement[start:start + 64], truth[start:start + 64]
-        z = torch.randn(len(x), model.flow.dim, generator=generator)
+    own, means = [], []
+    for start in range(0, len(measurement), 64):
+        part = measurement[start:start + 64]
+        z = torch.randn(len(part), model.flow.dim, generator=generator)
         _, log_det = model.generate(part, z)
         own.append(-0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi) - log_det)
-        mean = model.sample_measurement(part, 128, generator).mean(0)
-        V = model.layout.num_vertices
-        error = ((mean - x) ** 2)[:, :V]
-        observed = part.observed[:, :V, None].expand_as(error)
-        zero = x[:, :V] == 0
-        for key, region in (("zero_observed", zero & observed), ("zero_hidden", zero & ~observed),
-                            ("nonzero_observed", ~zero & observed), ("nonzero_hidden", ~zero & ~observed)):
-            errors[key] = errors.get(key, 0.0) + float((error * region).sum())
-    return dict(own_draw_nll_per_entry=float((-torch.cat(own).double() / entries).mean()),
-                **{f"squared_error_{key}": value / (len(truth) * entries) for key, value in errors.items()})
+        means.append(model.sample_measurement(part, 128, generator).mean(0))
+    return float((-torch.cat(own).double() / entries).mean()), torch.cat(means)
+
+
+def mean_scores(mean: torch.Tensor, truth: torch.Tensor, observed: torch.Tensor, entries: int) -> dict:
+    """Scores of a posterior mean ``(B, V, C)`` against ``truth``: PSNR (per signal, averaged; all
+    entries and hidden ones, as in the task benchmarks) and the squared error summed over a region
+    (the truth exactly 0 or not × observed or hidden) per entry of all signals."""
+    error = (mean.double() - truth.double()) ** 2
+    observed = observed[:, :, None].expand_as(error)
+    zero = truth == 0
+    scores = dict(psnr=float(psnr(mean, truth, vertex_axes=2).mean()),
+                  psnr_hidden=float(psnr(mean, truth, ~observed, vertex_axes=2).mean()))
+    for key, region in (("zero_observed", zero & observed), ("zero_hidden", zero & ~observed),
+                        ("nonzero_observed", ~zero & observed), ("nonzero_hidden", ~zero & ~observed)):
+        scores[f"squared_error_{key}"] = float((error * region).sum()) / (len(truth) * entries)
+    return scores
 
 
 def main():
@@ -93,23 +102,30 @@ def main():
     entries = V * layout.num_channels
     truth = layout.pad(task.test[: args.measurements])
     measurement = task.operator(truth, torch.Generator().manual_seed(args.seed))
+    real = layout.unpad(truth)
+    observed = measurement.observed[:, :V]
     rows = []
     with torch.no_grad():
         for name, model in samplers.items():
             chunks = [(measurement[i:i + 64], truth[i:i + 64]) for i in range(0, len(truth), 64)]
+            own, mean = own_draws_and_mean(model, measurement, entries, args.seed + 2)
             rows.append(summary(name, torch.cat([log_density(model, m, x) for m, x in chunks]), entries)
-                        | sampler_checks(model, measurement, truth, entries, args.seed + 2))
+                        | {"own_draw_nll_per_entry": own} | mean_scores(layout.unpad(mean), real, observed, entries))
             if model.base is not None:
+                roots = [model.base_root(m) for m, _ in chunks]
+                base_mean = torch.cat([root.mean for root in roots]).reshape(real.shape)
                 rows.append(summary(f"{name} base", torch.cat([
-                    gaussian_log_density(model.base_root(m), layout.unpad(x).flatten(1)) for m, x in chunks]), entries))
+                    gaussian_log_density(root, layout.unpad(x).flatten(1)) for root, (_, x) in zip(roots, chunks)]),
+                    entries) | mean_scores(base_mean, real, observed, entries))
         validation = task.validation[:64]
         gaussian, _ = optimal_interpolation(task.train.flatten(1), task.operator(
             layout.pad(validation), torch.Generator().manual_seed(args.seed + 1)).real_entries(V),
             validation.flatten(1), task.operator.noise_std)
-        y, observed = measurement.real_entries(V)
-        root = gaussian.posterior_root(y, observed, task.operator.noise_std, gaussian.rank)
+        y, observed_entries = measurement.real_entries(V)
+        root = gaussian.posterior_root(y, observed_entries, task.operator.noise_std, gaussian.rank)
         rows.append(summary(f"optimal interpolation (rank {gaussian.rank})",
-                            gaussian_log_density(root, layout.unpad(truth).flatten(1).double()), entries))
+                            gaussian_log_density(root, real.flatten(1).double()), entries)
+                    | mean_scores(root.mean.reshape(real.shape), real, observed, entries))
     env = environment()
     command = "python benchmarks/posterior_density.py " + " ".join(
         f"--task {args.task} --measurements {args.measurements} --seed {args.seed} --threads {args.threads}".split()
@@ -123,11 +139,12 @@ def main():
              f"- {args.measurements} test signals, each measured once ({task.operator.hidden_fraction:.0%} hidden, "
              f"σ_y {task.operator.noise_std}, seed {args.seed}); nats per entry ({entries} entries); lower is better",
              f"- command: `{command}`", f"- machine: {env['machine']}; date {env['date']}; commit {env['commit']}", "",
-             "- own draw: −log q of one of the sampler's own draws per measurement; squared error of the N = 128 "
-             "mean summed over a region / all entries (truth exactly 0 or not, observed or hidden)", "",
-             "| method | −log q per entry (mean) | median | own draw | sq. error: 0, observed | 0, hidden "
-             "| non-0, observed | non-0, hidden |", "|---|---|---|---|---|---|---|---|"]
-    keys = ("own_draw_nll_per_entry", "squared_error_zero_observed", "squared_error_zero_hidden",
+             "- own draw: −log q of one of the sampler's own draws per measurement; PSNR of the posterior mean "
+             "(APS: of N = 128 draws; per signal, averaged) and its squared error summed over a region / all "
+             "entries (truth exactly 0 or not, observed or hidden)", "",
+             "| method | −log q per entry (mean) | median | own draw | PSNR | PSNR hidden | sq. error: 0, observed "
+             "| 0, hidden | non-0, observed | non-0, hidden |", "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = ("own_draw_nll_per_entry", "psnr", "psnr_hidden", "squared_error_zero_observed", "squared_error_zero_hidden",
             "squared_error_nonzero_observed", "squared_error_nonzero_hidden")
     lines += [f"| {row['method']} | {row['nll_per_entry']:.3f} | {row['nll_per_entry_median']:.3f} | "
               + " | ".join(f"{row[key]:.3g}" if key in row else "" for key in keys) + " |" for row in rows]

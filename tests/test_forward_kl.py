@@ -132,6 +132,20 @@ def test_posterior_density_benchmark_scores_a_gaussian_root_exactly(field):
         truth = torch.distributions.MultivariateNormal(exact.mean, exact.covariance).log_prob(x[i])
         torch.testing.assert_close(ours[i], truth, atol=1e-6, rtol=1e-8)
 
+    # the posterior-mean scores: the four regions partition the squared error, PSNR per signal
+    truth = torch.rand(3, V, 1) * (torch.rand(3, V, 1) > 0.5)
+    mean = truth + 0.1 * torch.randn(3, V, 1, generator=torch.Generator().manual_seed(8))
+    observed = torch.rand(3, V, generator=torch.Generator().manual_seed(9)) > 0.3
+    scores = benchmark.mean_scores(mean, truth, observed, V)
+    squared = ((mean - truth) ** 2).double()
+    regions = sum(value for key, value in scores.items() if key.startswith("squared_error_"))
+    torch.testing.assert_close(torch.tensor(regions, dtype=torch.float64), squared.mean())
+    torch.testing.assert_close(torch.tensor(scores["psnr"], dtype=torch.float64),
+                               (10 * torch.log10(1 / squared.mean((1, 2)))).mean())
+    hidden_mse = (squared[..., 0] * ~observed).sum(1) / (~observed).sum(1)
+    torch.testing.assert_close(torch.tensor(scores["psnr_hidden"], dtype=torch.float64),
+                               (10 * torch.log10(1 / hidden_mse)).mean())
+
 
 def test_a_run_with_other_prior_draws_does_not_resume(field, tmp_path):
     from manifold_aps.checkpoint import CheckpointError
