@@ -182,3 +182,12 @@ def test_a_dequantised_run_is_its_own_run(field, tmp_path):
         aps.fit(MESH, signals, checkpoint_dir=tmp_path, forward_kl_noise=0.05, **options)
     with pytest.raises(ValueError, match="forward_kl_noise"):
         APSConfig.preset("smoke", forward_kl_noise=-0.1)
+
+
+def test_a_blind_sampler_trains_with_the_term_and_its_density_inverts_its_map(field):
+    signals = field.sample(64, torch.Generator().manual_seed(0)).numpy()
+    model = aps.fit(MESH, signals, prior=exact_prior(field), scale="smoke", iterations=4, blind=True,
+                    marginal_components=2, forward_kl_weight=0.1, prior_draws=signals[:16], progress=False)
+    generator = torch.Generator().manual_seed(1)
+    measurement = model.operator(LAYOUT.pad(field.sample(3, generator).float()[..., None]), generator)
+    assert_log_density_inverts_generate(model.eval(), measurement, atol=1e-3)
