@@ -147,7 +147,8 @@ def main():
     keys = ("own_draw_nll_per_entry", "psnr", "psnr_hidden", "squared_error_zero_observed", "squared_error_zero_hidden",
             "squared_error_nonzero_observed", "squared_error_nonzero_hidden")
     lines += [f"| {row['method']} | {row['nll_per_entry']:.3f} | {row['nll_per_entry_median']:.3f} | "
-              + " | ".join(f"{row[key]:.3g}" if key in row else "" for key in keys) + " |" for row in rows]
+              + " | ".join(format(row[key], ".2f" if key.startswith("psnr") else ".3g") if key in row else ""
+                         for key in keys) + " |" for row in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
