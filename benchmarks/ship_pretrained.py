@@ -46,7 +46,8 @@ def card(task, prior, samplers: dict, scores: dict, args) -> str:
                      f"Gaussian base of rank {model.base_rank if model.base is not None else 'none'}, "
                      + (f"per-entry map with K = {model.marginal.config['components']} terms, "
                         if model.marginal is not None else "") +
-                     f"{report.get('train_seconds', float('nan')):.0f} s wall; command: `{getattr(args, key + '_command')}`")
+                     f"{getattr(args, key + '_seconds') or report.get('train_seconds', float('nan')):.0f} s wall; "
+                     f"command: `{getattr(args, key + '_command')}`")
     if not samplers:
         env = environment()
         return "\n".join(lines + [
@@ -81,6 +82,9 @@ def main():
     parser.add_argument("--prior-command", required=True)
     parser.add_argument("--aps-command", default="")
     parser.add_argument("--blind-command", default="")
+    for key in ("aps", "blind"):
+        parser.add_argument(f"--{key}-seconds", type=float, help=f"the {key} run's total training wall time when it "
+                            "was resumed (default: the file's train_seconds, which counts its last call only)")
     parser.add_argument("--n-measurements", type=int, default=64)
     parser.add_argument("--name", help="shipped name (default: the task's)")
     parser.add_argument("--quality", default="", help="prior-quality results file named in a prior-only card")
