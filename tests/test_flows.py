@@ -160,3 +160,29 @@ def test_encoded_realnvp_couplings_do_not_read_the_raw_condition():
     encoder_difference = 4 * MESH.num_vertices * 6  # the encoder's first layer: 4 V more inputs × m = 6
     skip_difference = 4 * MESH.num_vertices // 2 * 6  # per-coordinate skips: 4 more features × |A| × 6 couplings
     assert difference == encoder_difference + skip_difference
+
+
+def test_realnvp_projects_the_condition_once_and_computes_the_same_map():
+    """Without an encoder each coupling's first-layer share ``W_c c`` is prepared once per condition;
+    the map equals the network reading ``[z_P, c]`` whole."""
+    from manifold_aps.flows.realnvp import ConditionalRealNVP
+
+    torch.manual_seed(0)
+    flow = ConditionalRealNVP(6, 12, depth=2, hidden=8, aligned_features=2).eval()
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.copy_(0.3 * torch.randn_like(parameter))
+    z, condition = torch.randn(5, 6), torch.randn(5, 12)
+    prepared = flow.prepare_condition(condition)
+    assert prepared.shape == (5, 12 + 4 * 8)  # c, then the 2 × depth couplings' projections
+    x, log_det = flow(z, condition)
+    for conditioner in flow._projecting:
+        raw_scale, shift = conditioner(z[:, :3], prepared)
+        whole = conditioner.net(torch.cat([z[:, :3], condition], dim=1)).chunk(2, dim=1)
+        torch.testing.assert_close(raw_scale, whole[0])
+    back, inverse_log_det = flow.inverse(x, condition)
+    torch.testing.assert_close(back, z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inverse_log_det, -log_det, atol=1e-5, rtol=1e-5)
+    draws = flow.sample(condition, n=3, generator=torch.Generator().manual_seed(1))
+    z_draws = torch.randn(15, 6, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(draws, flow(z_draws, condition.repeat(3, 1))[0].reshape(3, 5, 6))

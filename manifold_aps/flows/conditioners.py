@@ -48,6 +48,12 @@ class MLPConditioner(torch.nn.Module):
     (``(|P| + m) h`` first-layer weights instead of ``(|P| + cond_dim) h``) and the skip still reads
     the raw ``c``.
 
+    Projected condition. When the flow sets ``projection_at = j`` (a RealNVP without an encoder
+    does), the condition arrives as ``[c, …]`` with this network's first-layer share of it,
+    ``W_c c`` (:meth:`condition_projection`), at columns ``j … j + width``: the network computes
+    ``W_P z_P + W_c c + b`` without re-multiplying ``c``, which a flow prepares once per condition
+    and repeats for every draw.
+
     Arguments:
         passive_size, active_size: ``|P|`` and ``|A|``.
         cond_dim: raw condition length (0 for an unconditional coupling).
@@ -70,6 +76,8 @@ class MLPConditioner(torch.nn.Module):
         super().__init__()
         self.net = mlp(passive_size + (encoded_features or cond_dim), 2 * active_size, hidden, layers)
         self.aligned_features, self.encoded_features = aligned_features, encoded_features
+        self.passive_size, self.cond_dim = passive_size, cond_dim
+        self.projection_at: int | None = None
         self.skip = None
         if aligned_features:
             if active_coordinates is None or active_coordinates.shape != (active_size,):
@@ -81,14 +89,26 @@ class MLPConditioner(torch.nn.Module):
         """``z_P`` ``(B, |P|)`` and ``c`` ``(B, cond_dim)`` (``[e, c]``, ``(B, m + cond_dim)``, with
         shared features) → ``(ŝ, t)``, each ``(B, |A|)``."""
         read, raw = condition, condition
-        if self.encoded_features:
-            read, raw = condition[:, : self.encoded_features], condition[:, self.encoded_features:]
-        features = passive if read is None else torch.cat([passive, read], dim=1)
-        raw_scale, shift = self.net(features).chunk(2, dim=1)
+        if self.projection_at is not None:
+            first = self.net[0]
+            projected = condition[:, self.projection_at: self.projection_at + first.out_features]
+            raw = condition[:, : self.cond_dim]
+            output = self.net[1:](torch.nn.functional.linear(passive, first.weight[:, : self.passive_size],
+                                                             first.bias) + projected)
+        else:
+            if self.encoded_features:
+                read, raw = condition[:, : self.encoded_features], condition[:, self.encoded_features:]
+            features = passive if read is None else torch.cat([passive, read], dim=1)
+            output = self.net(features)
+        raw_scale, shift = output.chunk(2, dim=1)
         if self.skip is not None:
             aligned = raw.reshape(raw.shape[0], -1, self.aligned_features)
             shift = shift + (aligned[:, self.active_coordinates] * self.skip).sum(dim=-1)
         return raw_scale, shift
+
+    def condition_projection(self, condition: torch.Tensor) -> torch.Tensor:
+        """``W_c c`` ``(B, width)``: the raw condition's share of the first layer (no bias)."""
+        return torch.nn.functional.linear(condition, self.net[0].weight[:, self.passive_size:])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # package 0.1.0 stored ``active_coordinates`` on every coupling; only those with a skip use it

@@ -10,7 +10,9 @@ The couplings are :class:`~manifold_aps.flows.coupling.AffineCoupling` with an
 :class:`~manifold_aps.flows.conditioners.MLPConditioner`. By default every coupling network reads
 the whole condition; with ``condition_features = m`` a
 :class:`~manifold_aps.flows.encoders.VectorConditionEncoder` reads it once per flow call and the
-couplings read its ``m`` features (and the raw condition only through the aligned skip). With
+couplings read its ``m`` features (and the raw condition only through the aligned skip); without
+one, each coupling's first-layer share of the condition, ``W_c c``, is computed once per condition
+(:meth:`ConditionalRealNVP.prepare_condition`), not once per draw. With
 the ``"reverse"`` permutation the second coupling updates the half the first one read. The permutations compose to a fixed
 permutation that is undone at the end, so coordinate ``i`` of ``x`` is coordinate ``i`` of the
 signal and a fresh flow is exactly the identity (all couplings start at zero and ActNorm at the
@@ -92,10 +94,24 @@ class ConditionalRealNVP(ConditionalFlow):
             steps += [ActNorm(dim), first, Permutation(order), coupling(total)]
         steps.append(Permutation(torch.argsort(total)))  # undo the composed permutation
         self.layers = torch.nn.ModuleList(steps)
+        self._projecting = [] if condition_features or not cond_dim else [
+            layer.conditioner for layer in steps if isinstance(layer, AffineCoupling)]
+        offset = cond_dim
+        for conditioner in self._projecting:  # [c, W_c¹ c, W_c² c, …]: see prepare_condition
+            conditioner.projection_at = offset
+            offset += conditioner.net[0].out_features
 
     def prepare_condition(self, condition: torch.Tensor) -> torch.Tensor:
-        """The flat condition ``c`` ``(B, cond_dim)``, or ``[E(c), c]`` with a shared encoder."""
+        """``[E(c), c]`` with a shared encoder; otherwise ``[c, W_c¹ c, …, W_c^K c]``, the flat
+        condition and each coupling network's first-layer share of it, so that draws repeating a
+        prepared condition do not re-multiply the ``cond_dim``-wide part (``(B, cond_dim)`` when
+        there is no condition)."""
         condition = condition.reshape(condition.shape[0], -1)
         if condition.shape[1] != self.cond_dim:
             raise ValueError(f"condition has {condition.shape[1]} entries per sample, expected {self.cond_dim}")
-        return condition if self.encoder is None else torch.cat([self.encoder(condition), condition], dim=1)
+        if self.encoder is not None:
+            return torch.cat([self.encoder(condition), condition], dim=1)
+        if not self._projecting:
+            return condition
+        return torch.cat([condition] + [conditioner.condition_projection(condition)
+                                        for conditioner in self._projecting], dim=1)
