@@ -87,7 +87,8 @@ class MLPConditioner(torch.nn.Module):
 
     def forward(self, passive: torch.Tensor, condition: torch.Tensor | None = None):
         """``z_P`` ``(B, |P|)`` and ``c`` ``(B, cond_dim)`` (``[e, c]``, ``(B, m + cond_dim)``, with
-        shared features) → ``(ŝ, t)``, each ``(B, |A|)``."""
+        shared features; ``[c, …]`` holding ``W_c c`` at ``projection_at`` when projected) →
+        ``(ŝ, t)``, each ``(B, |A|)``."""
         read, raw = condition, condition
         if self.projection_at is not None:
             first = self.net[0]
