@@ -9,8 +9,9 @@ Each task ``name`` (``"bunny_mnist"``, ``"era5_proxy"``) has, in this folder,
 
 A prior may also ship under its own name, alone or with samplers trained against it
 (``bunny_mnist_guided``: the guided Gaussian-residual Bunny-MNIST prior and known-mask and blind
-APS samplers with a per-entry map distilled against it, the best shipped Bunny-MNIST samplers; ``era5_proxy_guided``:
-the sphere's guided prior alone), loaded with :func:`load_prior` / :func:`load_sampler`;
+APS samplers distilled against it — 8 × 64 RealNVPs with a per-entry map, trained with the
+forward-KL term — the best shipped Bunny-MNIST samplers; ``era5_proxy_guided``: the sphere's
+guided prior alone), loaded with :func:`load_prior` / :func:`load_sampler`;
 :func:`priors` lists every shipped prior.
 
 Large weight tensors are stored as float16 to keep the package small and are loaded back as
