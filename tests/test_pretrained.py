@@ -82,3 +82,16 @@ def test_a_gaussian_residual_prior_keeps_its_gaussian_in_float32(trained, tmp_pa
     loaded = pretrained.load_prior("grf", tmp_path).network.gaussian
     assert torch.equal(loaded.eigenvectors, prior.network.gaussian.eigenvectors.float().double())
     assert torch.equal(loaded.mean, prior.network.gaussian.mean.float().double())
+
+
+def test_large_sampler_matrices_are_stored_per_row_in_int8():
+    big = torch.randn(64, pretrained.ROW_QUANTISED_MIN_SIZE // 64, generator=torch.Generator().manual_seed(0))
+    big[3] = 0.0  # an all-zero row stays exactly zero
+    state = {"big": big, "small": torch.randn(64, 64), "vector": torch.randn(2**20)}
+    stored = pretrained._quantise_rows(state)
+    assert stored["big"]["int8"].dtype == torch.int8 and stored["small"].dtype == torch.float16
+    assert stored["vector"].dtype == torch.float16
+    expanded = pretrained._expand(stored)
+    scale = big.abs().amax(dim=1) / 127
+    assert ((expanded["big"] - big).abs() <= scale[:, None] / 2 + 1e-6).all() and (expanded["big"][3] == 0).all()
+    assert expanded["small"] is stored["small"]

@@ -14,8 +14,10 @@ forward-KL term — the best shipped Bunny-MNIST samplers; ``era5_proxy_guided``
 guided prior alone), loaded with :func:`load_prior` / :func:`load_sampler`;
 :func:`priors` lists every shipped prior.
 
-Large weight tensors are stored as float16 to keep the package small and are loaded back as
-float32; the model cards report metrics measured with the stored (float16-rounded) weights.
+Large weight tensors are stored as float16 to keep the package small, and the samplers' largest
+matrices (a RealNVP's first layers, which read the whole condition) as int8 with one scale per
+row; all are loaded back as float32, and the model cards report metrics measured with the stored
+(rounded) weights.
 
 Example:
     >>> from manifold_aps import pretrained
@@ -42,6 +44,9 @@ __all__ = ["FOLDER", "available", "priors", "load_prior", "load_sampler", "model
 FOLDER = Path(__file__).resolve().parent
 HALF_PRECISION_MIN_SIZE = 4096
 """Floating tensors with at least this many entries are stored as float16."""
+ROW_QUANTISED_MIN_SIZE = 2**19
+"""Sampler matrices with at least this many entries are stored as int8 with one float32 scale per
+row: ``w ≈ q · s``, ``s = max_j |w_ij| / 127``, ``|w − q s| ≤ s / 2``."""
 
 
 def _files(name: str, folder: Path) -> dict:
@@ -85,6 +90,7 @@ def load_sampler(task: str, blind: bool = False, device="cpu", folder=FOLDER) ->
     path = _require(files["blind" if blind else "aps"], task + "_blind" * blind, folder)
     prior = load_prior(task, folder)
     payload = load_checkpoint(path, kind="aps_model", map_location="cpu")
+    payload["flow_state"] = _expand(payload["flow_state"])
     try:
         model = AmortizedPosteriorSampler.from_payload(payload, prior=prior)
     except (KeyError, TypeError, ValueError, RuntimeError, StopIteration) as error:
@@ -113,6 +119,24 @@ def _compact(state: dict) -> dict:
     return {key: stored(key, value) for key, value in state.items()}
 
 
+def _quantise_rows(state: dict) -> dict:
+    """:func:`_compact`, with matrices of at least :data:`ROW_QUANTISED_MIN_SIZE` entries as
+    ``{"int8": q, "scale": s}`` (undone by :func:`_expand`)."""
+    def stored(value: torch.Tensor):
+        scale = value.abs().amax(dim=1).float().clamp_min(torch.finfo(torch.float32).tiny) / 127
+        return {"int8": torch.round(value.float() / scale[:, None]).to(torch.int8), "scale": scale}
+
+    compact = _compact(state)
+    return {key: stored(value.detach().cpu()) if value.is_floating_point() and value.dim() == 2
+            and value.numel() >= ROW_QUANTISED_MIN_SIZE else compact[key] for key, value in state.items()}
+
+
+def _expand(state: dict) -> dict:
+    """A stored state with its row-quantised matrices back as float32 ``q · s``."""
+    return {key: value["int8"].float() * value["scale"][:, None] if isinstance(value, dict) else value
+            for key, value in state.items()}
+
+
 def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normalizer: MinMaxNormalizer | None = None,
            folder=FOLDER) -> list[Path]:
     """Write ``prior``, the ``samplers`` (``{"aps": model}`` and/or ``{"blind": model}``) and ``card``.
@@ -131,7 +155,7 @@ def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normaliz
                                             zip(model.prior.state_dict().values(), prior.state_dict().values())):
             raise ValueError(f"the {key!r} sampler was trained against a different prior")
         payload = model.state_payload(include_prior=False)
-        payload["flow_state"] = _compact(payload["flow_state"])
+        payload["flow_state"] = _quantise_rows(payload["flow_state"])
         if payload.get("base") is not None:  # the Gaussian base in float32 (it is computed in float64 on load)
             payload["base"] = {key: value.float() if isinstance(value, torch.Tensor) else value
                                for key, value in payload["base"].items()}
