@@ -163,8 +163,8 @@ def test_encoded_realnvp_couplings_do_not_read_the_raw_condition():
 
 
 def test_realnvp_projects_the_condition_once_and_computes_the_same_map():
-    """Without an encoder each coupling's first-layer share ``W_c c`` is prepared once per condition;
-    the map equals the network reading ``[z_P, c]`` whole."""
+    """Without an encoder each coupling's share of the condition (``W_c c`` and the aligned skip's
+    shift) is prepared once per condition; the map equals the network reading ``[z_P, c]`` whole."""
     from manifold_aps.flows.realnvp import ConditionalRealNVP
 
     torch.manual_seed(0)
@@ -174,15 +174,39 @@ def test_realnvp_projects_the_condition_once_and_computes_the_same_map():
             parameter.copy_(0.3 * torch.randn_like(parameter))
     z, condition = torch.randn(5, 6), torch.randn(5, 12)
     prepared = flow.prepare_condition(condition)
-    assert prepared.shape == (5, 12 + 4 * 8)  # c, then the 2 × depth couplings' projections
+    assert prepared.shape == (5, 4 * (8 + 3))  # the 2 × depth couplings' W_c c (8) and skip shift (|A| = 3)
     x, log_det = flow(z, condition)
     for conditioner in flow._projecting:
         raw_scale, shift = conditioner(z[:, :3], prepared)
-        whole = conditioner.net(torch.cat([z[:, :3], condition], dim=1)).chunk(2, dim=1)
-        torch.testing.assert_close(raw_scale, whole[0])
+        whole_scale, whole_shift = conditioner.net(torch.cat([z[:, :3], condition], dim=1)).chunk(2, dim=1)
+        aligned = condition.reshape(5, 6, 2)[:, conditioner.active_coordinates]
+        torch.testing.assert_close(raw_scale, whole_scale)
+        torch.testing.assert_close(shift, whole_shift + (aligned * conditioner.skip).sum(dim=-1))
     back, inverse_log_det = flow.inverse(x, condition)
     torch.testing.assert_close(back, z, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(inverse_log_det, -log_det, atol=1e-5, rtol=1e-5)
     draws = flow.sample(condition, n=3, generator=torch.Generator().manual_seed(1))
     z_draws = torch.randn(15, 6, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(draws, flow(z_draws, condition.repeat(3, 1))[0].reshape(3, 5, 6))
+
+
+def test_coupling_reads_a_split_mask_with_slices_and_any_mask_by_index():
+    """A passive-first mask is read with slices, any other mask with index_select/index_copy: both
+    give ``x_P = z_P``, ``x_A = z_A e^s + t`` and invert exactly."""
+    from manifold_aps.flows.conditioners import MLPConditioner
+    from manifold_aps.flows.coupling import AffineCoupling
+
+    torch.manual_seed(0)
+    for mask, split in [(torch.arange(7) >= 3, 3), (torch.arange(7) % 2 == 1, None)]:
+        coupling = AffineCoupling(mask, MLPConditioner(int((~mask).sum()), int(mask.sum()), cond_dim=2, hidden=8))
+        assert coupling.split == split
+        with torch.no_grad():
+            coupling.conditioner.net[-1].weight.normal_()
+        z, condition = torch.randn(4, 7), torch.randn(4, 2)
+        x, log_det = coupling(z, condition)
+        log_scale, shift = coupling._scale_shift(z[:, ~mask], condition)
+        torch.testing.assert_close(x[:, ~mask], z[:, ~mask])
+        torch.testing.assert_close(x[:, mask], z[:, mask] * log_scale.exp() + shift)
+        back, inverse_log_det = coupling.inverse(x, condition)
+        torch.testing.assert_close(back, z)
+        torch.testing.assert_close(inverse_log_det, -log_det)

@@ -49,10 +49,10 @@ class MLPConditioner(torch.nn.Module):
     the raw ``c``.
 
     Projected condition. When the flow sets ``projection_at = j`` (a RealNVP without an encoder
-    does), the condition arrives as ``[c, …]`` with this network's first-layer share of it,
-    ``W_c c`` (:meth:`condition_projection`), at columns ``j … j + width``: the network computes
-    ``W_P z_P + W_c c + b`` without re-multiplying ``c``, which a flow prepares once per condition
-    and repeats for every draw.
+    does), the condition arrives prepared: the columns hold every coupling's share of it, this one's,
+    ``W_c c`` and the skip's shift (:meth:`condition_projection`), from column ``j`` on: the network
+    computes ``W_P z_P + W_c c + b`` and adds the shift without re-reading ``c``; a flow prepares
+    them once per condition and repeats them for every draw.
 
     Arguments:
         passive_size, active_size: ``|P|`` and ``|A|``.
@@ -87,29 +87,44 @@ class MLPConditioner(torch.nn.Module):
 
     def forward(self, passive: torch.Tensor, condition: torch.Tensor | None = None):
         """``z_P`` ``(B, |P|)`` and ``c`` ``(B, cond_dim)`` (``[e, c]``, ``(B, m + cond_dim)``, with
-        shared features; ``[c, …]`` holding ``W_c c`` at ``projection_at`` when projected) →
+        shared features; when projected, the prepared condition holding :meth:`condition_projection`
+        at ``projection_at``) →
         ``(ŝ, t)``, each ``(B, |A|)``."""
-        read, raw = condition, condition
         if self.projection_at is not None:
             first = self.net[0]
-            projected = condition[:, self.projection_at: self.projection_at + first.out_features]
-            raw = condition[:, : self.cond_dim]
+            at, width = self.projection_at, first.out_features
             output = self.net[1:](torch.nn.functional.linear(passive, first.weight[:, : self.passive_size],
-                                                             first.bias) + projected)
-        else:
-            if self.encoded_features:
-                read, raw = condition[:, : self.encoded_features], condition[:, self.encoded_features:]
-            features = passive if read is None else torch.cat([passive, read], dim=1)
-            output = self.net(features)
-        raw_scale, shift = output.chunk(2, dim=1)
+                                                             first.bias) + condition[:, at: at + width])
+            raw_scale, shift = output.chunk(2, dim=1)
+            if self.skip is not None:
+                shift = shift + condition[:, at + width: at + width + self.skip.shape[0]]
+            return raw_scale, shift
+        read, raw = condition, condition
+        if self.encoded_features:
+            read, raw = condition[:, : self.encoded_features], condition[:, self.encoded_features:]
+        features = passive if read is None else torch.cat([passive, read], dim=1)
+        raw_scale, shift = self.net(features).chunk(2, dim=1)
         if self.skip is not None:
-            aligned = raw.reshape(raw.shape[0], -1, self.aligned_features)
-            shift = shift + (aligned[:, self.active_coordinates] * self.skip).sum(dim=-1)
+            shift = shift + self.skip_shift(raw)
         return raw_scale, shift
 
+    def skip_shift(self, condition: torch.Tensor) -> torch.Tensor:
+        """``Σ_j w_j ⊙ f_j[A]`` ``(B, |A|)``: the aligned skip's shift from the raw condition."""
+        aligned = condition.reshape(condition.shape[0], -1, self.aligned_features)
+        return (aligned.index_select(1, self.active_coordinates) * self.skip).sum(dim=-1)
+
+    @property
+    def projection_width(self) -> int:
+        """Columns of :meth:`condition_projection`: the first layer's width, plus ``|A|`` with a skip."""
+        return self.net[0].out_features + (0 if self.skip is None else self.skip.shape[0])
+
     def condition_projection(self, condition: torch.Tensor) -> torch.Tensor:
-        """``W_c c`` ``(B, width)``: the raw condition's share of the first layer (no bias)."""
-        return torch.nn.functional.linear(condition, self.net[0].weight[:, self.passive_size:])
+        """``[W_c c, skip]`` ``(B, projection_width)``: the raw condition's share of the first layer
+        (no bias), followed by the skip's shift (:meth:`skip_shift`) when there is a skip."""
+        projected = torch.nn.functional.linear(condition, self.net[0].weight[:, self.passive_size:])
+        if self.skip is None:
+            return projected
+        return torch.cat([projected, self.skip_shift(condition)], dim=1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # package 0.1.0 stored ``active_coordinates`` on every coupling; only those with a skip use it

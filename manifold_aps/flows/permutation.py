@@ -26,8 +26,8 @@ class Permutation(FlowLayer):
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``z → x``; returns ``(x, 0)``; ignores ``condition``."""
-        return z[:, self.order], z.new_zeros(z.shape[0])
+        return z.index_select(1, self.order), z.new_zeros(z.shape[0])
 
     def inverse(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x → z``; returns ``(z, 0)``."""
-        return x[:, self.inverse_order], x.new_zeros(x.shape[0])
+        return x.index_select(1, self.inverse_order), x.new_zeros(x.shape[0])

@@ -11,7 +11,7 @@ The couplings are :class:`~manifold_aps.flows.coupling.AffineCoupling` with an
 the whole condition; with ``condition_features = m`` a
 :class:`~manifold_aps.flows.encoders.VectorConditionEncoder` reads it once per flow call and the
 couplings read its ``m`` features (and the raw condition only through the aligned skip); without
-one, each coupling's first-layer share of the condition, ``W_c c``, is computed once per condition
+one, each coupling's share of the condition (``W_c c`` and the aligned skip) is computed once per condition
 (:meth:`ConditionalRealNVP.prepare_condition`), not once per draw. With
 the ``"reverse"`` permutation the second coupling updates the half the first one read. The permutations compose to a fixed
 permutation that is undone at the end, so coordinate ``i`` of ``x`` is coordinate ``i`` of the
@@ -96,16 +96,17 @@ class ConditionalRealNVP(ConditionalFlow):
         self.layers = torch.nn.ModuleList(steps)
         self._projecting = [] if condition_features or not cond_dim else [
             layer.conditioner for layer in steps if isinstance(layer, AffineCoupling)]
-        offset = cond_dim
-        for conditioner in self._projecting:  # [c, W_c¹ c, W_c² c, …]: see prepare_condition
+        offset = 0
+        for conditioner in self._projecting:  # [P¹(c), P²(c), …]: see prepare_condition
             conditioner.projection_at = offset
-            offset += conditioner.net[0].out_features
+            offset += conditioner.projection_width
 
     def prepare_condition(self, condition: torch.Tensor) -> torch.Tensor:
-        """``[E(c), c]`` with a shared encoder; otherwise ``[c, W_c¹ c, …, W_c^K c]``, the flat
-        condition and each coupling network's first-layer share of it, so that draws repeating a
-        prepared condition do not re-multiply the ``cond_dim``-wide part (``(B, cond_dim)`` when
-        there is no condition)."""
+        """``[E(c), c]`` with a shared encoder; otherwise ``[P¹(c), …, P^K(c)]``, each coupling
+        network's share of the flat condition (its first-layer product ``W_c c`` and aligned-skip
+        shift, :meth:`~manifold_aps.flows.conditioners.MLPConditioner.condition_projection`), so
+        that draws repeating a prepared condition do not re-read the ``cond_dim``-wide condition
+        (``(B, cond_dim)`` when there is no condition)."""
         condition = condition.reshape(condition.shape[0], -1)
         if condition.shape[1] != self.cond_dim:
             raise ValueError(f"condition has {condition.shape[1]} entries per sample, expected {self.cond_dim}")
@@ -113,5 +114,4 @@ class ConditionalRealNVP(ConditionalFlow):
             return torch.cat([self.encoder(condition), condition], dim=1)
         if not self._projecting:
             return condition
-        return torch.cat([condition] + [conditioner.condition_projection(condition)
-                                        for conditioner in self._projecting], dim=1)
+        return torch.cat([conditioner.condition_projection(condition) for conditioner in self._projecting], dim=1)
