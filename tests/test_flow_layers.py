@@ -236,5 +236,7 @@ def test_vertexwise_monotone_is_increasing_with_the_autograd_log_det_and_starts_
     slope = torch.autograd.grad(y.sum(), x)[0]  # entrywise map: the Jacobian is diagonal
     assert (slope > 0).all()
     torch.testing.assert_close(log_det, slope.log().flatten(-2).sum(-1), atol=1e-4, rtol=1e-5)
+    values_only, none = fresh(x, features, mean, scale, log_det=False)  # the sampling path
+    assert none is None and torch.equal(values_only, y)
     with pytest.raises(ValueError, match="features"):
         fresh(x, features[..., :3], mean, scale)

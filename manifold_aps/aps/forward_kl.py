@@ -75,7 +75,7 @@ def marginal_inverse(marginal, x: torch.Tensor, features: torch.Tensor, mean: to
         high = mean + (x - mean - fixed["d"] + total) / fixed["a"]
         for _ in range(iterations):
             middle = 0.5 * (low + high)
-            above = marginal.evaluate(middle, mean, fixed)[0] > x
+            above = marginal.evaluate(middle, mean, fixed, slope=False)[0] > x
             high, low = torch.where(above, middle, high), torch.where(above, low, middle)
         root = 0.5 * (low + high)
     value, slope = marginal.evaluate(root, mean, p)

@@ -185,14 +185,15 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         prior_mean, prior_std = (value.to(mean.device).reshape(1, V, C).expand_as(mean) for value in self.prior_marginals())
         return torch.cat([condition, std, prior_mean, prior_std], dim=-1), mean, std
 
-    def _apply_marginal(self, values: torch.Tensor, condition: torch.Tensor, root: GaussianRoot):
-        """``values`` ``(..., B, V·C)`` after the base → ``(g(values), log|det|)`` (zero without a map)."""
+    def _apply_marginal(self, values: torch.Tensor, condition: torch.Tensor, root: GaussianRoot, log_det: bool = True):
+        """``values`` ``(..., B, V·C)`` after the base → ``(g(values), log|det|)`` (zero without a
+        map; None with ``log_det=False``)."""
         if self.marginal is None:
-            return values, torch.zeros(values.shape[:-1], device=values.device, dtype=values.dtype)
+            return values, (torch.zeros(values.shape[:-1], device=values.device, dtype=values.dtype) if log_det else None)
         shape = values.shape
-        mapped, log_det = self.marginal(values.reshape(*shape[:-1], self.layout.num_vertices, self.layout.num_channels),
-                                        *self.marginal_inputs(condition, root))
-        return mapped.reshape(shape), log_det
+        mapped, step = self.marginal(values.reshape(*shape[:-1], self.layout.num_vertices, self.layout.num_channels),
+                                     *self.marginal_inputs(condition, root), log_det=log_det)
+        return mapped.reshape(shape), step
 
     def generate(self, measurement: Measurement, z: torch.Tensor, root: GaussianRoot | None = None):
         """``x = G(z, c(y))`` as a padded batch ``(B, V_pad, C)`` (zero padding) and ``log|det ∂G/∂z|``.
@@ -241,7 +242,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             condition = self.condition(part, root)
             values = self.flow.sample(condition, n, generator=generator)
             if root is not None:
-                values = self._apply_marginal(root.transform(values), condition, root)[0]
+                values = self._apply_marginal(root.transform(values), condition, root, log_det=False)[0]
             draws.append(values.reshape(n, len(part), self.layout.num_vertices, self.layout.num_channels))
         return torch.nn.functional.pad(torch.cat(draws, dim=1), (0, 0, 0, self.layout.padded_vertices - self.layout.num_vertices))
 

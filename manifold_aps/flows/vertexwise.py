@@ -68,16 +68,21 @@ class VertexwiseMonotone(nn.Module):
                     c=mean[..., None] + raw[..., 2 + K:2 + 2 * K] * scale_,
                     w=nn.functional.softplus(raw[..., 2 + 2 * K:]) * scale_ + 1e-6)
 
-    def forward(self, x: torch.Tensor, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
+    def forward(self, x: torch.Tensor, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                log_det: bool = True):
+        """``(g(x), log|det ∂g/∂x|)``; with ``log_det=False`` (sampling) ``(g(x), None)``, cheaper."""
         if features.shape[-1] != self.config["features"] or x.shape[-3:] != mean.shape[-3:]:
             raise ValueError(f"expected x (..., B, V, {self.config['channels']}) and features (B, V, "
                              f"{self.config['features']}), got {tuple(x.shape)} and {tuple(features.shape)}")
-        y, slope = self.evaluate(x, mean, self.parameters_at(features, mean, scale))
-        return y, torch.log(slope).flatten(-2).sum(-1)
+        y, slope = self.evaluate(x, mean, self.parameters_at(features, mean, scale), slope=log_det)
+        return y, None if slope is None else torch.log(slope).flatten(-2).sum(-1)
 
     @staticmethod
-    def evaluate(x: torch.Tensor, mean: torch.Tensor, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(g(x), g'(x))`` entry by entry for the parameters ``p`` of :meth:`parameters_at`."""
+    def evaluate(x: torch.Tensor, mean: torch.Tensor, p: dict, slope: bool = True):
+        """``(g(x), g'(x))`` entry by entry for the parameters ``p`` of :meth:`parameters_at`
+        (``g'`` None when ``slope`` is False)."""
         tanh = torch.tanh((x[..., None] - p["c"]) / p["w"])
         y = mean + p["d"] + p["a"] * (x - mean) + (p["b"] * tanh).sum(-1)
+        if not slope:
+            return y, None
         return y, p["a"] + (p["b"] / p["w"] * (1 - tanh**2)).sum(-1)
