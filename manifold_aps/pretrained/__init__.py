@@ -11,7 +11,8 @@ A prior may also ship under its own name, alone or with samplers trained against
 (``bunny_mnist_guided``: the guided Gaussian-residual Bunny-MNIST prior and known-mask and blind
 APS samplers distilled against it — 8 × 64 RealNVPs with a per-entry map, trained with the
 forward-KL term — the best shipped Bunny-MNIST samplers; ``era5_proxy_guided``: the sphere's
-guided prior alone), loaded with :func:`load_prior` / :func:`load_sampler`;
+guided prior and known-operator and blind samplers with a rank-256 Gaussian base — the best shipped
+sphere samplers), loaded with :func:`load_prior` / :func:`load_sampler`;
 :func:`priors` lists every shipped prior.
 
 Large weight tensors are stored as float16 to keep the package small, and the samplers' largest
