@@ -76,7 +76,7 @@ class MLPConditioner(torch.nn.Module):
         super().__init__()
         self.net = mlp(passive_size + (encoded_features or cond_dim), 2 * active_size, hidden, layers)
         self.aligned_features, self.encoded_features = aligned_features, encoded_features
-        self.passive_size, self.cond_dim = passive_size, cond_dim
+        self.passive_size = passive_size
         self.projection_at: int | None = None
         self.skip = None
         if aligned_features:
