@@ -84,7 +84,7 @@ def _levels(text) -> tuple[float, ...]:
 
 
 def positive_int(text) -> int:
-    """An argparse type: an integer ≥ 1 (``--threads``)."""
+    """An argparse type: an integer ≥ 1 (``--threads``, ``--base-limit``)."""
     try:
         value = int(text)
     except (TypeError, ValueError):
@@ -107,6 +107,8 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"--device {device!r} is not a device (use auto, cpu, cuda or cuda:N)")
     if args.command == "fit" and not args.task and not (args.mesh and args.signals):
         parser.error("fit needs --task, or both --mesh and --signals")
+    if args.command == "fit" and args.base_limit is not None and not args.task:
+        parser.error("--base-limit caps a --task's training signals; with --signals the base is fitted on those")
 
 
 def _set_threads(threads):
@@ -227,10 +229,13 @@ def cmd_fit(args) -> int:
     from manifold_aps.tasks import load_task
 
     _set_threads(args.threads)
+    base_signals = None
     if args.task:
         task = load_task(args.task, limit=args.limit)
         mesh, signals, test = task.mesh, task.train, task.test[:16]
         mask_rate, noise_std = task.operator.hidden_fraction, task.operator.noise_std
+        if args.base_limit is not None:
+            base_signals = load_task(args.task, limit=args.base_limit).train
     else:
         mesh, signals, test = load_mesh(args.mesh), _read_signals(args.signals), None
         mask_rate, noise_std = args.mask_rate, args.noise_std
@@ -249,7 +254,7 @@ def cmd_fit(args) -> int:
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
                 gaussian_base=not args.no_gaussian_base, base_rank=args.base_rank,
                 checkpoint_dir=Path(args.output).with_suffix(".checkpoints"), resume=not args.fresh,
-                prior_draws=prior_draws, **overrides)
+                prior_draws=prior_draws, base_signals=base_signals, **overrides)
     model.report["train_seconds"] = time.perf_counter() - started  # APS only (with the base), or prior + APS
     model.save(args.output)
     print(json.dumps({"output": args.output, "report": model.report}, default=str))
@@ -402,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(dequantised; normalised units like the noise std; default 0)")
     fitting.add_argument("--base-rank", type=int, default=64,
                          help="largest rank of the Gaussian (optimal-interpolation) base of the flow")
+    fitting.add_argument("--base-limit", type=positive_int,
+                         help="fit the Gaussian base on at most this many of the --task's training signals (default: "
+                         "those the flow trains on, see --limit); the base's memory is per flow-training signal only")
     fitting.add_argument("--no-gaussian-base", action="store_true", help="train the flow from z alone (as the paper)")
     fitting.add_argument("--fresh", action="store_true",
                          help="start afresh, overwriting the checkpoints beside --output (by default an interrupted run "

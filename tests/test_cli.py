@@ -94,6 +94,9 @@ def test_fit_then_sample_on_user_files(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["fit", "--mesh", "m.ply", "--output", "x.pt"], "fit needs --task, or both --mesh and --signals"),
+    (["fit", "--mesh", "m.ply", "--signals", "s.npy", "--output", "x.pt", "--base-limit", "100"],
+     "--base-limit caps a --task's training signals"),
+    (["fit", "--task", "era5_proxy", "--output", "x.pt", "--base-limit", "0"], "--base-limit: expected a positive"),
     (["fit", "--task", "era5_proxy", "--output", "x.pt", "--threads", "-1"], "--threads: expected a positive integer"),
     (["fit", "--task", "era5_proxy", "--output", "x.pt", "--device", "nonsense"], "'nonsense' is not a device"),
 ])

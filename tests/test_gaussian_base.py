@@ -91,6 +91,23 @@ def test_fit_without_base_trains_a_plain_flow(field):
     assert model.base is None
 
 
+def test_fit_base_signals_fit_the_base_while_the_flow_trains_on_fewer(field):
+    signals = field.sample(16, torch.Generator().manual_seed(4)).float().numpy()
+    many = field.sample(120, torch.Generator().manual_seed(5)).float().numpy()
+    model = aps.fit(MESH, signals, noise_std=NOISE, prior=exact_prior(field), scale="smoke", progress=False,
+                    iterations=2, base_signals=many)
+    torch.testing.assert_close(model.base.mean, torch.as_tensor(many).double().mean(0))
+    default = aps.fit(MESH, signals, noise_std=NOISE, prior=exact_prior(field), scale="smoke", progress=False,
+                      iterations=2)
+    torch.testing.assert_close(default.base.mean, torch.as_tensor(signals).double().mean(0))
+    with pytest.raises(ValueError, match="base_signals: signals of shape"):
+        aps.fit(MESH, signals, noise_std=NOISE, prior=exact_prior(field), scale="smoke", progress=False,
+                iterations=2, base_signals=many[:, :-1])
+    with pytest.raises(ValueError, match="base_signals contain ±inf"):
+        aps.fit(MESH, signals, noise_std=NOISE, prior=exact_prior(field), scale="smoke", progress=False,
+                iterations=2, base_signals=np.where(many > 0.5, np.inf, many))
+
+
 def test_root_marginal_std_is_the_exact_posterior_std(field):
     measurement = measurement_of(field)
     root = identity_model(field).base_root(measurement)

@@ -72,3 +72,18 @@ def test_fit_learns_the_normalisation_of_signals_with_units(tmp_path):
     observed = signals[:1].where(np.random.default_rng(0).random(signals[:1].shape) > 0.5)
     mean, _ = loaded.posterior(observed, n=8)
     assert mean.attrs["units"] == "K" and 200 < float(mean.min()) and float(mean.max()) < 340
+
+
+def test_fit_normalises_base_signals_like_the_signals_and_refuses_other_units():
+    mesh = aps.latlon_sphere(30.0)
+    field = aps.data.GaussianRandomField(mesh, length_scale=1.0, num_modes=20, nugget=0.05, mean=0.5, variance=0.02)
+    grid = aps.signals.latlon_grid(mesh)
+    kelvin = 250.0 + 40.0 * field.sample(64, torch.Generator().manual_seed(0)).float()
+    signals = aps.signals.vertices_to_grid(kelvin, grid.latitude, grid.longitude).assign_attrs(units="K")
+    model = aps.fit(mesh, signals[:12], noise_std=0.05, prior=None, scale="smoke", progress=False, iterations=2,
+                    base_signals=signals)
+    expected = model.normalizer.normalize(kelvin.mean(0)).double()
+    torch.testing.assert_close(model.base.mean, expected, atol=1e-5, rtol=0)  # the float32 signals, normalised
+    with pytest.raises(ValueError, match="base_signals are in 'degC', the signals in 'K'"):
+        aps.fit(mesh, signals[:12], noise_std=0.05, prior=None, scale="smoke", progress=False, iterations=2,
+                base_signals=(signals - 273.15).assign_attrs(units="degC"))

@@ -29,7 +29,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         flow: str = "realnvp", scale: str = "cpu", device="auto", blind: bool = False,
         hidden_range: tuple[float, float] = (0.3, 0.6), test_signals=None, checkpoint_dir=None, seed: int = 0,
         progress: bool = True, gaussian_base: bool = True, base_rank: int = 64, normalizer="auto",
-        resume: bool = True, prior_draws=None, **overrides) -> AmortizedPosteriorSampler:
+        resume: bool = True, prior_draws=None, base_signals=None, **overrides) -> AmortizedPosteriorSampler:
     """Fit an amortized posterior sampler for random vertex masking on ``mesh``.
 
     A short tutorial::
@@ -68,6 +68,9 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
             held-out tenth of them (module docstring); False trains the flow from ``z`` alone.
         base_rank: the largest rank of the fitted Gaussian; its posterior is then kept exactly
             (memory: ``(2 + rank) · V · C`` floats per training signal).
+        base_signals: signals ``(N_b, V)`` / ``(N_b, V, C)``, in the units of ``signals``, that the
+            Gaussian base is fitted on in place of ``signals`` (only their complete ones count) —
+            e.g. every training field, while the flow trains on fewer to bound the memory above.
         checkpoint_dir: where to keep resumable training checkpoints (``prior.pt``, ``aps.pt``); a
             run whose data or configuration differ from the checkpoints' refuses to resume
             (:class:`~manifold_aps.checkpoint.CheckpointError`) unless ``resume=False``.
@@ -110,6 +113,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
     normalizer = _normalizer_for(signals, layout.unpad(batch), normalizer)
     if normalizer is not None:
         batch = normalizer.normalize(batch) * layout.vertex_mask()[:, None]  # padding stays exactly zero
+    base_batch = _base_batch(layout, batch, signals, base_signals, normalizer)
     operator = (BlindVertexMask(layout.num_vertices, layout.padded_vertices, hidden_range, noise_std) if blind
                 else RandomVertexMask(layout.num_vertices, layout.padded_vertices, mask_rate, noise_std))
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -126,7 +130,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
                              f"channels, the signals have {layout.num_vertices} × {layout.num_channels}")
         layout = prior.layout
         measurements = operator(layout.pad(layout.unpad(batch)), torch.Generator().manual_seed(seed))
-        base = (fit_gaussian_base(layout.unpad(batch), operator, seed, ranks=candidate_ranks(base_rank))
+        base = (fit_gaussian_base(layout.unpad(base_batch), operator, seed, ranks=candidate_ranks(base_rank))
                 if gaussian_base else None)
         flow_model = build_flow(flow, layout, condition_channels(layout, blind, base is not None), mesh.edge_index.cpu(),
                                 **config.flow_shape())
@@ -174,6 +178,22 @@ def _prior_draws(prior: DiffusionPrior, config: APSConfig, seed: int, checkpoint
     if path is not None:
         save_checkpoint(path, {"made_by": wanted, "draws": draws}, kind="prior_draws")
     return draws
+
+
+def _base_batch(layout: VertexLayout, batch: torch.Tensor, signals, base_signals, normalizer) -> torch.Tensor:
+    """The padded, normalised signals the Gaussian base is fitted on: ``base_signals`` or the training ``batch``."""
+    if base_signals is None:
+        return batch
+    units, base_units = (getattr(values, "attrs", {}).get("units") for values in (signals, base_signals))
+    if units is not None and base_units is not None and units != base_units:
+        raise ValueError(f"base_signals are in {base_units!r}, the signals in {units!r}: convert them to one unit")
+    try:
+        base_batch = layout.to_batch(base_signals)[0]
+    except ValueError as error:
+        raise ValueError(f"base_signals: {error}") from error
+    if torch.isinf(base_batch).any():
+        raise ValueError("base_signals contain ±inf; use NaN to mark missing values")
+    return base_batch if normalizer is None else normalizer.normalize(base_batch) * layout.vertex_mask()[:, None]
 
 
 def _normalizer_for(signals, values: torch.Tensor, choice) -> MinMaxNormalizer | None:
