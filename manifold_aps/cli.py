@@ -248,7 +248,8 @@ def cmd_fit(args) -> int:
                                                ("forward_kl_weight", args.forward_kl_weight),
                                                ("forward_kl_draws", args.forward_kl_draws),
                                                ("forward_kl_steps", args.forward_kl_steps),
-                                               ("forward_kl_noise", args.forward_kl_noise)) if value is not None}
+                                               ("forward_kl_noise", args.forward_kl_noise),
+                                               ("elbo_min_time", args.elbo_min_time)) if value is not None}
     started = time.perf_counter()
     model = fit(mesh, signals, mask_rate=mask_rate, noise_std=noise_std, prior=prior, flow=args.flow, scale=args.scale,
                 device=args.device, blind=args.blind, test_signals=test, seed=args.seed,
@@ -389,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="coupling steps of the flow (default: the scale's preset; --n-steps is the old name)")
     fitting.add_argument("--hidden", type=int, default=None, help="flow coupling width (default: the scale's preset)")
     fitting.add_argument("--num-times", type=int, default=None, help="ELBO draws per flow sample (default: the preset)")
+    fitting.add_argument("--elbo-min-time", type=float, default=None,
+                         help="lower limit ε of the ELBO's time integral (default: the prior's, 1e-3); the prior term "
+                         "is the prior smoothed by N(0, σ_ε²), σ_ε ≈ 0.0105 at 1e-3 and 0.001 at 1e-5")
     fitting.add_argument("--condition-features", type=int, default=None,
                          help="m > 0: a shared encoder reads the condition once into m features for every "
                          "coupling (cheaper wide flows; default 0)")

@@ -152,6 +152,27 @@ def test_fit_blind_conditions_on_y_alone_and_reads_the_mask_off_it(tmp_path):
                                   model.sample(observed, n=2, generator=torch.Generator().manual_seed(0)))
 
 
+def test_elbo_min_time_sets_the_prior_term_and_is_saved(tmp_path):
+    prior = exact_prior(gaussian_field())
+    model = fit(MESH, grf_signals(16).numpy(), noise_std=0.05, prior=prior, scale="smoke", progress=False, iterations=2,
+                elbo_min_time=1e-5)
+    assert model.elbo_min_time == 1e-5
+    measurement = task_operator()(LAYOUT.pad(torch.as_tensor(grf_signals(2, seed=1))[..., None]),
+                                  torch.Generator().manual_seed(0))
+    terms = model(measurement, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)  # replay: z first, then the ELBO's (t, e)
+    x, _ = model.generate(measurement, torch.randn(2, model.flow.dim, generator=generator))
+    state = generator.get_state()
+    for min_time, same in ((1e-5, True), (None, False)):
+        generator.set_state(state)
+        bound = prior.elbo(LAYOUT.flatten(x), generator=generator, min_time=min_time)
+        assert torch.allclose(terms["prior"], bound) == same
+    loaded = AmortizedPosteriorSampler.load(model.save(tmp_path / "aps.pt"))
+    assert loaded.elbo_min_time == 1e-5
+    with pytest.raises(ValueError, match="elbo_min_time"):
+        fit(MESH, grf_signals(16).numpy(), prior=prior, scale="smoke", progress=False, iterations=2, elbo_min_time=0.0)
+
+
 def test_fit_handles_missing_values_in_training_signals():
     signals = grf_signals(32).numpy()
     signals[:, :10] = np.nan  # never observed, never used

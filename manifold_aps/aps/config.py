@@ -38,7 +38,9 @@ class APSConfig:
     ``forward_kl_steps``-step ancestral sampling, measured afresh each step
     (:mod:`~manifold_aps.aps.forward_kl`; 0: the APS objective alone); ``forward_kl_noise``:
     ``σ_d > 0`` fits that density to the dequantised draws ``x + σ_d ε`` (model units, like
-    ``noise_std``), the measurements still of ``x``.
+    ``noise_std``), the measurements still of ``x``; ``elbo_min_time``: the lower limit ``ε`` of the
+    ELBO's time integral (None: the prior's ``sde.eps``), which smooths the prior term by
+    ``N(0, σ_ε²/α_ε²)`` (:meth:`~manifold_aps.diffusion.DiffusionPrior.elbo`).
     """
 
     training: TrainingConfig
@@ -53,6 +55,7 @@ class APSConfig:
     forward_kl_draws: int = 4096
     forward_kl_steps: int = 100
     forward_kl_noise: float = 0.0
+    elbo_min_time: float | None = None
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "APSConfig":
@@ -83,6 +86,8 @@ class APSConfig:
         if not (math.isfinite(self.forward_kl_noise) and self.forward_kl_noise >= 0):
             raise ValueError(f"forward_kl_noise (the dequantisation std) must be a number ≥ 0, got "
                              f"{self.forward_kl_noise}")
+        if self.elbo_min_time is not None and not 0 < self.elbo_min_time < 1:
+            raise ValueError(f"elbo_min_time (the ELBO's lower time limit) must be in (0, 1), got {self.elbo_min_time}")
         if self.forward_kl_draws < 1 or self.forward_kl_steps < 1:
             raise ValueError(f"forward_kl_draws and forward_kl_steps must be ≥ 1, got {self.forward_kl_draws} "
                              f"and {self.forward_kl_steps}")

@@ -85,7 +85,9 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         overrides: :meth:`APSConfig.preset` fields (e.g. ``iterations=...``, ``flow_depth=...``,
             ``forward_kl_weight=1.0``: add the mass-covering term on signals drawn from the prior,
             kept in ``checkpoint_dir/prior_draws.pt``; ``forward_kl_noise=σ_d``: fit it to the
-            dequantised draws ``x + σ_d ε``, in the units of ``noise_std``).
+            dequantised draws ``x + σ_d ε``, in the units of ``noise_std``; ``elbo_min_time=ε``: the
+            ELBO's lower time limit (default the prior's ``sde.eps``; lower it when the posterior
+            std is near ``σ_ε`` ≈ 0.0105, e.g. smooth fields: docs/method.md).
         prior_draws: for ``forward_kl_weight`` > 0, signals ``(N, V)`` / ``(N, V, C)`` drawn from the
             prior by other means (e.g. exactly, for a prior known in closed form), in the units of
             ``signals``; default: ``forward_kl_draws`` ancestral draws of ``prior``.
@@ -139,7 +141,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         marginal = (VertexwiseMonotone(layout.num_channels, marginal_feature_channels(layout, blind),
                                        config.marginal_components) if config.marginal_components else None)
         model = AmortizedPosteriorSampler(flow_model, prior.cpu(), operator, num_times=config.num_times, base=base,
-                                          normalizer=normalizer, marginal=marginal)
+                                          normalizer=normalizer, marginal=marginal, elbo_min_time=config.elbo_min_time)
         if prior_draws is not None:
             if not config.forward_kl_weight:
                 raise ValueError("prior_draws are for the forward-KL term: give forward_kl_weight > 0 as well")

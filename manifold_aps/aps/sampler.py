@@ -69,6 +69,10 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             ``y`` alone; the operator's mask is still used in the training loss).
         fidelity_weight, prior_weight, logdet_weight: ``λ_fid, λ_prior, λ_logdet`` (default 1).
         num_times: Monte-Carlo draws of the ELBO per flow sample.
+        elbo_min_time: the lower limit ε of the ELBO's time integral (default: the prior's
+            ``sde.eps``); the prior term is that of the prior smoothed by ``N(0, σ_ε²/α_ε²)``
+            (:meth:`~manifold_aps.diffusion.DiffusionPrior.elbo`), so ε sets the finest scale APS
+            resolves. Files that do not store it load with the default.
         base: the fitted Gaussian prior (over the ``V · C`` real entries) whose posterior is the
             flow's affine base (module docstring), or None for a flow on ``z`` alone.
         base_rank: posterior directions the base keeps exactly (default: the base's rank, i.e. all).
@@ -92,7 +96,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
                  fidelity_weight: float = 1.0, prior_weight: float = 1.0, logdet_weight: float = 1.0,
                  num_times: int = 1, base: LowRankGaussian | None = None, base_rank: int | None = None,
                  normalizer: MinMaxNormalizer | None = None, mask_from_y: bool = True,
-                 marginal: VertexwiseMonotone | None = None):
+                 marginal: VertexwiseMonotone | None = None, elbo_min_time: float | None = None):
         super().__init__()
         if not isinstance(operator, RandomVertexMask):
             raise TypeError(f"operator must be a RandomVertexMask or BlindVertexMask, got {type(operator).__name__}")
@@ -118,6 +122,9 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         self.marginal = marginal
         self.flow, self.prior, self.layout, self.operator = flow, prior.freeze(), layout, operator
         self.num_times = int(num_times)
+        if elbo_min_time is not None and not 0 < elbo_min_time < 1:
+            raise ValueError(f"elbo_min_time must be in (0, 1), got {elbo_min_time}")
+        self.elbo_min_time = None if elbo_min_time is None else float(elbo_min_time)
         self.weights = dict(fidelity=float(fidelity_weight), prior=float(prior_weight), logdet=float(logdet_weight))
         self.flow_kind = "mesh" if isinstance(flow, ConditionalMeshFlow) else "realnvp"
         self.base = base
@@ -218,7 +225,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         z = torch.randn(len(measurement), self.flow.dim, generator=generator, device=measurement.y.device)
         x, log_det = self.generate(measurement, z, root)
         fidelity = self.operator.misfit(measurement, x)
-        elbo = self.prior.elbo(self.layout.flatten(x), num_times=self.num_times, generator=generator)
+        elbo = self.prior.elbo(self.layout.flatten(x), num_times=self.num_times, generator=generator,
+                               min_time=self.elbo_min_time)
         total = self.weights["fidelity"] * fidelity - self.weights["prior"] * elbo - self.weights["logdet"] * log_det
         terms = dict(loss=total, fidelity=fidelity, prior=elbo, logdet=log_det)
         if simulated is not None:
@@ -290,7 +298,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             layout=dataclasses.asdict(self.layout), operator=self.operator.to_config(),
             normalizer=None if self.normalizer is None else self.normalizer.state_dict(), weights=dict(self.weights), num_times=self.num_times,
             prior=prior_record(self.prior) if include_prior else None, report=dict(self.report),
-            mask_from_y=self.mask_from_y,
+            mask_from_y=self.mask_from_y, elbo_min_time=self.elbo_min_time,
             marginal=None if self.marginal is None else dict(config=dict(self.marginal.config),
                                                              state=self.marginal.state_dict()),
             base=None if self.base is None else dict(
@@ -340,7 +348,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             marginal.load_state_dict(payload["marginal"]["state"])
         model = cls(flow, prior, operator, weights["fidelity"], weights["prior"], weights["logdet"],
                     payload["num_times"], base, stored["rank"] if stored else None,
-                    MinMaxNormalizer(**normalizer) if normalizer else None, payload.get("mask_from_y", False), marginal)
+                    MinMaxNormalizer(**normalizer) if normalizer else None, payload.get("mask_from_y", False), marginal,
+                    payload.get("elbo_min_time"))
         model.report = dict(payload.get("report", {}))
         return model
 

@@ -120,8 +120,8 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
 
 def _run_description(config: APSConfig) -> dict:
     """What defines an APS run besides the data and optimisation (the checkpoint's metadata); the
-    marginal map, the forward-KL term and its dequantisation only when there are, so runs from before they existed
-    still resume."""
+    marginal map, the forward-KL term and its dequantisation, the ELBO's lower time limit only when there are, so
+    runs from before they existed still resume."""
     description = config.flow_shape() | {"num_times": config.num_times}
     if config.marginal_components:
         description["marginal_components"] = config.marginal_components
@@ -130,4 +130,6 @@ def _run_description(config: APSConfig) -> dict:
                                                                  "forward_kl_steps")}
         if config.forward_kl_noise:
             description["forward_kl_noise"] = config.forward_kl_noise
+    if config.elbo_min_time is not None:
+        description["elbo_min_time"] = config.elbo_min_time
     return description

@@ -6,6 +6,8 @@ APS calls :meth:`DiffusionPrior.elbo`. Vectors are ``(B, d)`` with ``d = V_pad �
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from manifold_aps.diffusion.elbo import ImportanceTimeSampler, elbo_prior_term
@@ -28,6 +30,7 @@ class DiffusionPrior(torch.nn.Module):
         self.layout = layout
         self.sde = sde or VPSDE()
         self.time_sampler = ImportanceTimeSampler(self.sde)
+        self._time_samplers = {self.sde.eps: self.time_sampler}  # by the ELBO's lower time limit
 
     @property
     def dim(self) -> int:
@@ -41,9 +44,19 @@ class DiffusionPrior(torch.nn.Module):
         """``s_θ(x_t, t) = −ε_θ(x_t, t) / σ_t``."""
         return -self.network(x, t) / self.sde.sigma(t)[:, None]
 
-    def elbo(self, x0: torch.Tensor, num_times: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The x0-dependent bound ``b'(x_0)`` per sample (see :mod:`manifold_aps.diffusion.elbo`)."""
-        return elbo_prior_term(self.network, self.sde, x0, num_times, self.time_sampler, generator)
+    def elbo(self, x0: torch.Tensor, num_times: int = 1, generator: torch.Generator | None = None,
+             min_time: float | None = None) -> torch.Tensor:
+        """The x0-dependent bound ``b'(x_0)`` per sample (see :mod:`manifold_aps.diffusion.elbo`),
+        its time integral over ``[min_time, 1]`` (default ``[sde.eps, 1]``).
+
+        Its x0-dependence is that of the prior smoothed by ``N(0, σ_ε²/α_ε² I)`` at ``ε = min_time``
+        (exactly so for a Gaussian prior: docs/method.md); ``σ_ε ≈ 0.0105`` at ``ε = 10⁻³``.
+        """
+        eps = self.sde.eps if min_time is None else float(min_time)
+        if eps not in self._time_samplers:
+            self._time_samplers[eps] = ImportanceTimeSampler(dataclasses.replace(self.sde, eps=eps))
+        sampler = self._time_samplers[eps]
+        return elbo_prior_term(self.network, sampler.sde, x0, num_times, sampler, generator)
 
     def freeze(self) -> "DiffusionPrior":
         """Stop gradients into the prior's weights (APS trains only the flow)."""
