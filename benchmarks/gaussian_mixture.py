@@ -40,7 +40,7 @@ Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema o
 - ``aps_gauss_base`` / ``aps_plain``: :func:`manifold_aps.fit` against the exact prior with and
   without its Gaussian (PPCA posterior) base, RealNVP flow, the ``--scale`` preset with
   ``--iterations`` / ``--batch-size`` / ``--flow-depth`` / ``--hidden`` (and, after the base,
-  ``--marginal-components``' per-entry map); mean of 128 draws;
+  ``--marginal-components``' per-entry map) and ``--elbo-min-time``; mean of 128 draws;
 - ``aps_forward_kl``: as ``aps_gauss_base`` plus the forward-KL term
   (:mod:`manifold_aps.aps.forward_kl`, weight ``--forward-kl-weight``) on ``--forward-kl-draws``
   exact draws of the mixture (seed 3): what the flow reaches with a mass-covering signal;
@@ -153,21 +153,21 @@ def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_dr
     ``prior_draws`` (exact draws of the mixture) plus the forward-KL term on them."""
     started = time.perf_counter()
     forward = {} if prior_draws is None else dict(forward_kl_weight=args.forward_kl_weight, prior_draws=prior_draws)
-    shape = flow_shape(args)
+    overrides = aps_overrides(args)
     if not gaussian_base:  # the per-entry map follows the base
-        shape.pop("marginal_components", None)
+        overrides.pop("marginal_components", None)
     model = aps.fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, scale=args.scale,
                     gaussian_base=gaussian_base, base_rank=args.base_rank, seed=args.seed, device="cpu", progress=False,
-                    iterations=args.iterations, batch_size=args.batch_size, **shape, **forward)
+                    iterations=args.iterations, batch_size=args.batch_size, **overrides, **forward)
     seconds = time.perf_counter() - started
     log(f"trained APS ({'Gaussian base' if gaussian_base else 'plain'}, {args.iterations} iterations"
         f"{'' if prior_draws is None else ', forward-KL term'}) in {seconds:.0f} s")
     return model, seconds
 
 
-def flow_shape(args) -> dict:
-    """The APS flow-shape overrides given on the command line (the rest: the ``--scale`` preset)."""
-    return {name: getattr(args, name) for name in ("flow_depth", "hidden", "marginal_components")
+def aps_overrides(args) -> dict:
+    """The APS settings given on the command line (the rest: the ``--scale`` preset)."""
+    return {name: getattr(args, name) for name in ("flow_depth", "hidden", "marginal_components", "elbo_min_time")
             if getattr(args, name) is not None}
 
 
@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     parser.add_argument("--hidden", type=int, default=None, help="APS coupling width (default: preset)")
     parser.add_argument("--marginal-components", type=int, default=None,
                         help="K > 0: APS rows with the Gaussian base get the per-entry monotone map (default: none)")
+    parser.add_argument("--elbo-min-time", type=float, default=None,
+                        help="lower time limit of APS's ELBO (default: the prior's, 1e-3; docs/method.md)")
     parser.add_argument("--diffusion-steps", type=int, default=None, help="DPS steps (default 50 / 1000)")
     parser.add_argument("--diffusion-samples", type=int, default=32, help="DPS draws per measurement (≥ 32)")
     parser.add_argument("--step-size", type=float, default=1.0, help="DPS guidance scale")
@@ -275,11 +277,11 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                    train_seconds=train_seconds, command="python benchmarks/gaussian_mixture.py " + " ".join(argv),
                    hidden_fraction=HIDDEN_FRACTION, noise_std=NOISE_STD, mixture=description,
                    aps=dict(iterations=args.iterations, batch_size=args.batch_size, flow="realnvp",
-                            base_rank=args.base_rank, **flow_shape(args), forward_kl_weight=args.forward_kl_weight,
+                            base_rank=args.base_rank, **aps_overrides(args), forward_kl_weight=args.forward_kl_weight,
                             forward_kl_draws=args.forward_kl_draws),
                    exact_weights=weights.tolist(), sections={"test": rows}, rows=rows,
                    notes=[f"prior: the mixture's exact noise predictor, shared by APS and DPS; APS RealNVP at the "
-                          f"{args.scale} preset{''.join(f', {k} {v}' for k, v in flow_shape(args).items())}, "
+                          f"{args.scale} preset{''.join(f', {k} {v}' for k, v in aps_overrides(args).items())}, "
                           f"{args.iterations} iterations, batch {args.batch_size}",
                           f"{mixed} of {len(truth)} measurements have no exact posterior weight above {MIXED} "
                           f"(weight_error_mixed averages over those)",
