@@ -230,12 +230,13 @@ def cmd_fit(args) -> int:
 
     _set_threads(args.threads)
     base_signals = None
-    if args.task:
-        task = load_task(args.task, limit=args.limit)
-        mesh, signals, test = task.mesh, task.train, task.test[:16]
+    if args.task:  # loaded once, with enough training signals for the flow (--limit) and the base (--base-limit)
+        both = args.base_limit is not None and args.limit is not None
+        task = load_task(args.task, limit=max(args.limit, args.base_limit) if both else args.limit)
+        mesh, signals, test = task.mesh, task.train[:args.limit], task.test[:args.limit][:16]
         mask_rate, noise_std = task.operator.hidden_fraction, task.operator.noise_std
         if args.base_limit is not None:
-            base_signals = load_task(args.task, limit=args.base_limit).train
+            base_signals = task.train[:args.base_limit]
     else:
         mesh, signals, test = load_mesh(args.mesh), _read_signals(args.signals), None
         mask_rate, noise_std = args.mask_rate, args.noise_std
