@@ -121,14 +121,16 @@ def tune(candidates: dict, truth: torch.Tensor, measurement: Measurement, operat
 
 def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=None, exact=None,
                      diffusion_samples: int = 32, diffusion_steps: int = 1000, tuning: dict | None = None,
-                     gmm=None) -> dict:
+                     gmm=None, model_error: bool = False) -> dict:
     """The benchmark's rows for the method ``names`` (``dps``, ``mcg``, ``mmps``, ``pigdm``,
     ``diffpir``, ``oi``, ``gmm``, ``harmonic``, ``aps``) that can be built from what is given, in
     that order: ``aps`` gives ``aps_base`` (a known-operator model with a Gaussian base), ``aps_n1``
     and ``aps_n128``; ``tuning`` is :func:`tune`'s result
     (a sampler not in it keeps its default knob);
     ``oi`` is :func:`fit_oi`'s result, ``gmm`` :func:`fit_gmm`'s; ``exact`` a Gaussian whose
-    posterior is the truth (adds ``exact``)."""
+    posterior is the truth (adds ``exact``). ``model_error`` adds ``oi_model_error`` and
+    ``aps_n128_model_error``: the same with each measurement's estimated model error
+    (:mod:`manifold_aps.model_error`)."""
     methods, tuning = {}, tuning or {}
     for name, (sampler, knob) in ZERO_SHOT.items():
         if name in names and prior is not None:
@@ -139,6 +141,9 @@ def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=No
         gaussian, scores, fit_seconds = oi
         methods["oi"] = gaussian_method(gaussian, layout, info=dict(tuned=dict(rank=gaussian.rank), rank=gaussian.rank,
                                                                      rank_scores=scores, fit_seconds=fit_seconds))
+        if model_error:
+            methods["oi_model_error"] = gaussian_method(gaussian, layout, info=dict(tuned=dict(rank=gaussian.rank)),
+                                                        model_error=True)
     if "gmm" in names and gmm is not None:
         field, table, fit_seconds = gmm
         chosen = dict(components=field.num_components, rank=field.components[0].rank)
@@ -149,6 +154,8 @@ def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=No
         if aps_model.base is not None and not aps_model.blind:  # the flow at the identity: APS's start
             methods["aps_base"] = gaussian_method(aps_model.base, layout, info=dict(rank=aps_model.base.rank))
         methods.update(aps_n1=aps_method(aps_model, 1), aps_n128=aps_method(aps_model, 128))
+        if model_error and aps_model.base is not None:
+            methods["aps_n128_model_error"] = aps_method(aps_model, 128, model_error=True)
     if exact is not None:
         methods["exact"] = gaussian_method(exact, layout)
     return methods
@@ -221,7 +228,7 @@ def write_results(results: dict, stem) -> tuple[Path, Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = stem.parent / f"{stem.name}.json", stem.parent / f"{stem.name}.md"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    columns = ["method", "hidden_fraction", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps",
+    columns = ["method", "hidden_fraction", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps", "model_error_std",
                "seconds_per_measurement", "nfe", "n_measurements", "tuned"]
     lines = [f"# {results['task']} ({results['scale']} scale)", "",
              f"- data: {results['data']}", f"- command: `{results.get('command', '')}`",
@@ -268,6 +275,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", default="dps,mcg,mmps,pigdm,diffpir,oi,gmm,harmonic,aps,blind",
                         help="comma-separated; 'blind' runs the blind sweep when --from-checkpoint DIR holds "
                              "<task>_blind_aps_<scale>.pt")
+    parser.add_argument("--model-error", action="store_true",
+                        help="also score oi and APS with each measurement's estimated model error "
+                             "(rows oi_model_error, aps_n128_model_error)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"))
@@ -402,7 +412,8 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
 
         candidates = {name: (ZERO_SHOT[name][1], values[name], builder(*ZERO_SHOT[name])) for name in tunable}
         tuning = tune(candidates, validation, measured, operator, args.seed, log)
-    methods = standard_methods(names, layout, task.mesh, prior, model, oi, exact, samples, steps, tuning, gmm)
+    methods = standard_methods(names, layout, task.mesh, prior, model, oi, exact, samples, steps, tuning, gmm,
+                               model_error=getattr(args, "model_error", False))
     test_sets = {"test": task.test[:count], **{name: signals[:count] for name, signals in task.extra_test.items()}}
     for name, truth in test_sets.items():
         log(f"--- {name}: {len(truth)} measurements, {100 * operator.hidden_fraction:.0f}% hidden, "

@@ -271,7 +271,8 @@ def cmd_sample(args) -> int:
     _set_threads(args.threads)
     model = AmortizedPosteriorSampler.load(args.model)
     observed = _read_signals(args.input)
-    samples = model.sample(observed, n=args.n, generator=torch.Generator().manual_seed(args.seed))
+    samples = model.sample(observed, n=args.n, generator=torch.Generator().manual_seed(args.seed),
+                           model_error=args.model_error)
     path = _write_posterior(args.output, samples, args.quantiles, args.keep, args.model)
     print(json.dumps({"output": str(path), "samples": args.n, "kept": min(args.keep, args.n)}))
     return 0
@@ -436,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--keep", type=int, default=8, help="samples written to the output")
     sampling.add_argument("--quantiles", type=_levels, default=(0.05, 0.5, 0.95),
                           help="comma-separated quantile levels written to the output (default 0.05,0.5,0.95)")
+    sampling.add_argument("--model-error", action=argparse.BooleanOptionalAction, default=None,
+                          help="widen the draws by the white variance each map says the prior misses (data from "
+                               "another source than the training signals); default: the model's own setting")
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--threads", type=positive_int)
     sampling.add_argument("--config")

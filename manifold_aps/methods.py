@@ -22,6 +22,8 @@ from typing import Callable, Protocol
 import torch
 
 from manifold_aps.baselines import harmonic_interpolation
+from manifold_aps.gaussian_posterior import GaussianPosterior
+from manifold_aps.model_error import estimate_model_error, with_model_error
 from manifold_aps.operators import Measurement, RandomVertexMask
 
 __all__ = ["Estimate", "PosteriorMethod", "aps_method", "diffusion_method", "gaussian_method", "mixture_method",
@@ -45,14 +47,22 @@ class PosteriorMethod(Protocol):
                  generator: torch.Generator | None = None) -> Estimate: ...
 
 
-def aps_method(model, samples: int = 128) -> PosteriorMethod:
+def aps_method(model, samples: int = 128, model_error: bool = False) -> PosteriorMethod:
     """An :class:`~manifold_aps.AmortizedPosteriorSampler`: the mean of ``samples`` draws (one flow
-    call); the operator is the model's own (a blind model ignores the measurement's mask)."""
+    call); the operator is the model's own (a blind model ignores the measurement's mask).
+    ``model_error``: the draws widened by each measurement's estimated model error
+    (:meth:`~manifold_aps.aps.AmortizedPosteriorSampler.sample_with_model_error`; ``info`` has the
+    mean ``model_error_std``)."""
 
     def method(measurement, operator, generator=None):
         V = model.layout.num_vertices
-        draws = model.sample_measurement(measurement, samples, generator)[..., :V, :].cpu()
-        return Estimate(draws.mean(dim=0), draws if samples > 1 else None, 1)
+        if not model_error:
+            draws = model.sample_measurement(measurement, samples, generator)[..., :V, :].cpu()
+            return Estimate(draws.mean(dim=0), draws if samples > 1 else None, 1)
+        draws, variance = model.sample_with_model_error(measurement, samples, generator)
+        draws = draws[..., :V, :]
+        return Estimate(draws.mean(dim=0), draws if samples > 1 else None, 1,
+                        dict(model_error_std=float(variance.sqrt().mean())))
 
     return method
 
@@ -74,17 +84,29 @@ def diffusion_method(sampler: Callable, prior, samples: int = 4, diffusion_steps
     return method
 
 
-def gaussian_method(gaussian, layout, samples: int = 128, info: dict | None = None) -> PosteriorMethod:
+def gaussian_method(gaussian, layout, samples: int = 128, info: dict | None = None,
+                    model_error: bool = False) -> PosteriorMethod:
     """The exact posterior under a :class:`~manifold_aps.gaussian_posterior.LowRankGaussian` prior
     (optimal interpolation when the Gaussian was fitted to training signals): its mean, and
-    ``samples`` draws from its per-entry marginals."""
+    ``samples`` draws from its per-entry marginals. ``model_error``: under the prior with each
+    measurement's estimated model error added to its nugget (:mod:`manifold_aps.model_error`;
+    ``info`` has the mean ``model_error_std``)."""
 
     def method(measurement, operator, generator=None):
         count, V, C = len(measurement), layout.num_vertices, layout.num_channels
-        posterior = gaussian.posterior(*measurement.to("cpu").real_entries(V), operator.noise_std)
+        y, observed = measurement.to("cpu").real_entries(V)
+        extra = dict(info or {})
+        if model_error:
+            variance = estimate_model_error(gaussian, y, observed, operator.noise_std)
+            parts = [with_model_error(gaussian, float(v)).posterior(y[i:i + 1], observed[i:i + 1], operator.noise_std)
+                     for i, v in enumerate(variance)]
+            posterior = GaussianPosterior(torch.cat([p.mean for p in parts]), torch.cat([p.std for p in parts]))
+            extra["model_error_std"] = float(variance.sqrt().mean())
+        else:
+            posterior = gaussian.posterior(y, observed, operator.noise_std)
         noise = torch.randn(samples, *posterior.mean.shape, generator=generator, dtype=torch.float64)
         draws = (posterior.mean + posterior.std * noise).reshape(samples, count, V, C).float()
-        return Estimate(posterior.mean.reshape(count, V, C).float(), draws, 0, dict(info or {}))
+        return Estimate(posterior.mean.reshape(count, V, C).float(), draws, 0, extra)
 
     return method
 

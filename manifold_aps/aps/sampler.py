@@ -24,6 +24,7 @@ from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import prior_from_record, prior_record
 from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP, VertexwiseMonotone
 from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian
+from manifold_aps.model_error import add_model_error, estimate_model_error
 from manifold_aps.operators import (BlindVertexMask, Measurement, RandomVertexMask, check_noise_std,
                                     operator_from_config)
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, convert_units, warn_outside_training_range
@@ -96,7 +97,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
                  fidelity_weight: float = 1.0, prior_weight: float = 1.0, logdet_weight: float = 1.0,
                  num_times: int = 1, base: LowRankGaussian | None = None, base_rank: int | None = None,
                  normalizer: MinMaxNormalizer | None = None, mask_from_y: bool = True,
-                 marginal: VertexwiseMonotone | None = None, elbo_min_time: float | None = None):
+                 marginal: VertexwiseMonotone | None = None, elbo_min_time: float | None = None,
+                 model_error: bool = False):
         super().__init__()
         if not isinstance(operator, RandomVertexMask):
             raise TypeError(f"operator must be a RandomVertexMask or BlindVertexMask, got {type(operator).__name__}")
@@ -131,6 +133,9 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         self.base_rank = int(base_rank) if base_rank is not None else (base.rank if base is not None else 0)
         self.normalizer = normalizer if normalizer is not None else getattr(prior, "normalizer", None)
         self.mask_from_y = bool(mask_from_y)
+        if model_error and base is None:
+            raise ValueError("model_error=True needs a Gaussian base to estimate the model error under")
+        self.model_error = bool(model_error)  # the default of sample() and posterior() (saved)
         self.report: dict = {}
 
     @property
@@ -254,21 +259,64 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             draws.append(values.reshape(n, len(part), self.layout.num_vertices, self.layout.num_channels))
         return torch.nn.functional.pad(torch.cat(draws, dim=1), (0, 0, 0, self.layout.padded_vertices - self.layout.num_vertices))
 
-    def sample(self, observed, n: int = 1, generator: torch.Generator | None = None):
+    def estimate_model_error(self, measurement: Measurement) -> torch.Tensor:
+        """``(B,)`` the white variance ``δ²`` (model units) that each measurement says the Gaussian
+        base's prior misses, by maximum marginal likelihood (:mod:`manifold_aps.model_error`); on the
+        entries the sampler reads as observed (for a blind sampler, those ``y`` reveals)."""
+        if self.base is None:
+            raise ValueError("model error is estimated under the sampler's Gaussian base; this sampler has none "
+                             "(fit it with gaussian_base=True)")
+        y, observed = self.seen(measurement).to("cpu").real_entries(self.layout.num_vertices)
+        return estimate_model_error(self.base, y, observed, self.noise_std).float()
+
+    def sample_with_model_error(self, measurement: Measurement, n: int = 1, generator: torch.Generator | None = None):
+        """:meth:`sample_measurement`'s draws (on the CPU) with model error ``δ ξ`` added on the real
+        vertices (:func:`~manifold_aps.model_error.add_model_error`), and ``δ²`` ``(B,)`` from
+        :meth:`estimate_model_error`."""
+        draws = self.sample_measurement(measurement, n, generator).cpu()
+        variance = self.estimate_model_error(measurement)
+        V = self.layout.num_vertices
+        seen = self.seen(measurement).to("cpu")
+        draws[..., :V, :] = add_model_error(draws[..., :V, :], seen.y[:, :V], seen.observed[:, :V], self.noise_std,
+                                            variance, generator)
+        return draws, variance
+
+    def sample(self, observed, n: int = 1, generator: torch.Generator | None = None, model_error: bool | None = None):
         """Posterior draws for the user's measurement(s) ``observed`` ((V,), (V, C) or (N, V, C), or a
         lat-lon DataArray; NaN = hidden), in physical units (module docstring): returns ``(n, ...)``
-        in the same kind, layout and units (numpy / torch / xarray)."""
-        measurement, form, units = self._measurement_from_user(observed)
-        draws = self._to_user_units(self.sample_measurement(measurement, n, generator).cpu(), units)
-        return self.layout.restore(draws, form)
+        in the same kind, layout and units (numpy / torch / xarray).
 
-    def posterior(self, observed, n: int = 128, generator: torch.Generator | None = None):
-        """``(mean, std)`` of ``n`` posterior draws, each in the form and units of ``observed``."""
+        ``model_error=True``: for data from another source than the training signals (e.g. a model
+        trained on a climate model's fields, applied to reanalysis), widen the draws by the white
+        variance each measurement says the prior misses (:meth:`model_error_std`). None: the
+        sampler's own setting, ``self.model_error`` (saved with it; False unless set)."""
+        measurement, form, units = self._measurement_from_user(observed)
+        draws = self._draws(measurement, n, generator, model_error)
+        return self.layout.restore(self._to_user_units(draws, units), form)
+
+    def _draws(self, measurement: Measurement, n: int, generator, model_error: bool | None) -> torch.Tensor:
+        """``(n, B, V_pad, C)`` draws on the CPU, with model error if ``model_error`` (None: ``self.model_error``)."""
+        if self.model_error if model_error is None else model_error:
+            return self.sample_with_model_error(measurement, n, generator)[0]
+        return self.sample_measurement(measurement, n, generator).cpu()
+
+    def model_error_std(self, observed) -> torch.Tensor:
+        """``(N,)`` the std ``δ`` of the white model error each of the user's measurements reveals,
+        in physical units (0 where the prior explains the measurement; see ``model_error`` of
+        :meth:`sample`)."""
+        measurement, _, _ = self._measurement_from_user(observed)
+        std = self.estimate_model_error(measurement).sqrt()
+        return self.normalizer.denormalize_std(std) if self.normalizer is not None else std
+
+    def posterior(self, observed, n: int = 128, generator: torch.Generator | None = None,
+                  model_error: bool | None = None):
+        """``(mean, std)`` of ``n`` posterior draws, each in the form and units of ``observed``
+        (``model_error``: as in :meth:`sample`)."""
         _check_sampling(n, generator)
         if n < 2:
             raise ValueError(f"a posterior std needs n ≥ 2 samples, got {n}")
         measurement, form, units = self._measurement_from_user(observed)
-        draws = self.sample_measurement(measurement, n, generator).cpu()
+        draws = self._draws(measurement, n, generator, model_error)
         std = draws.std(dim=0)
         if self.normalizer is not None:
             std = self.normalizer.denormalize_std(std)  # kelvin and °C share their scale: no conversion
@@ -298,7 +346,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             layout=dataclasses.asdict(self.layout), operator=self.operator.to_config(),
             normalizer=None if self.normalizer is None else self.normalizer.state_dict(), weights=dict(self.weights), num_times=self.num_times,
             prior=prior_record(self.prior) if include_prior else None, report=dict(self.report),
-            mask_from_y=self.mask_from_y, elbo_min_time=self.elbo_min_time,
+            mask_from_y=self.mask_from_y, elbo_min_time=self.elbo_min_time, model_error=self.model_error,
             marginal=None if self.marginal is None else dict(config=dict(self.marginal.config),
                                                              state=self.marginal.state_dict()),
             base=None if self.base is None else dict(
@@ -349,7 +397,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         model = cls(flow, prior, operator, weights["fidelity"], weights["prior"], weights["logdet"],
                     payload["num_times"], base, stored["rank"] if stored else None,
                     MinMaxNormalizer(**normalizer) if normalizer else None, payload.get("mask_from_y", False), marginal,
-                    payload.get("elbo_min_time"))
+                    payload.get("elbo_min_time"), payload.get("model_error", False))
         model.report = dict(payload.get("report", {}))
         return model
 
