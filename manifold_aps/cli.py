@@ -181,10 +181,11 @@ def _read_signals(path):
     raise ValueError(f"unsupported signals file {path.name}: use .nc, .npy or .npz")
 
 
-def _write_posterior(path, samples, quantiles, keep: int, model_path):
+def _write_posterior(path, samples, quantiles, keep: int, model_path, model_error_std=None):
     """Posterior summaries of ``samples`` ``(n, ...)``: CF-style NetCDF for lat-lon DataArrays
     (mean, std, quantiles and ``keep`` draws, with units, long names and a history naming the
-    model file), ``.npz`` (``mean``, ``std``, ``quantiles``, ``samples``) for everything else."""
+    model file), ``.npz`` (``mean``, ``std``, ``quantiles``, ``samples``) for everything else;
+    with draws widened by model error, its ``model_error_std`` per measurement too."""
     import datetime
 
     import numpy as np
@@ -196,9 +197,10 @@ def _write_posterior(path, samples, quantiles, keep: int, model_path):
     path.parent.mkdir(parents=True, exist_ok=True)
     if not isinstance(samples, xr.DataArray):
         draws = np.asarray(samples)
+        extra = {} if model_error_std is None else {"model_error_std": np.asarray(model_error_std)}
         np.savez_compressed(path, mean=draws.mean(axis=0), std=draws.std(axis=0, ddof=1),
                             quantiles=np.quantile(draws, quantiles, axis=0), quantile_levels=np.asarray(quantiles),
-                            samples=draws[:keep])
+                            samples=draws[:keep], **extra)
         return path
     name = samples.name or "signal"
     units = {"units": samples.attrs["units"]} if "units" in samples.attrs else {}
@@ -212,12 +214,15 @@ def _write_posterior(path, samples, quantiles, keep: int, model_path):
         "samples": samples.isel(draw=slice(0, keep)).assign_attrs(long_name=f"posterior draws of {described}",
                                                                    **units),
     })
+    if model_error_std is not None:
+        dataset["model_error_std"] = model_error_std
     dataset["quantile"].attrs["long_name"] = "quantile level"
     dataset["draw"].attrs["long_name"] = "posterior draw index"
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     dataset.attrs = {"Conventions": "CF-1.8", "title": f"APS posterior of {described}",
                      "source": f"manifold_aps {__version__}, model {Path(model_path).resolve()}",
-                     "history": f"{stamp}: manifold-aps sample --model {model_path} ({samples.sizes['draw']} draws)"}
+                     "history": f"{stamp}: manifold-aps sample --model {model_path} ({samples.sizes['draw']} draws"
+                                + (", widened by model error)" if model_error_std is not None else ")")}
     dataset.to_netcdf(path)
     return path
 
@@ -271,9 +276,11 @@ def cmd_sample(args) -> int:
     _set_threads(args.threads)
     model = AmortizedPosteriorSampler.load(args.model)
     observed = _read_signals(args.input)
+    with_error = model.model_error if args.model_error is None else args.model_error
     samples = model.sample(observed, n=args.n, generator=torch.Generator().manual_seed(args.seed),
-                           model_error=args.model_error)
-    path = _write_posterior(args.output, samples, args.quantiles, args.keep, args.model)
+                           model_error=with_error)
+    error_std = model.model_error_std(observed) if with_error else None
+    path = _write_posterior(args.output, samples, args.quantiles, args.keep, args.model, error_std)
     print(json.dumps({"output": str(path), "samples": args.n, "kept": min(args.keep, args.n)}))
     return 0
 

@@ -27,7 +27,8 @@ from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian
 from manifold_aps.model_error import add_model_error, estimate_model_error
 from manifold_aps.operators import (BlindVertexMask, Measurement, RandomVertexMask, check_noise_std,
                                     operator_from_config)
-from manifold_aps.signals import MinMaxNormalizer, VertexLayout, convert_units, warn_outside_training_range
+from manifold_aps.signals import (MinMaxNormalizer, VertexLayout, convert_units, latlon_dims,
+                                  warn_outside_training_range)
 from manifold_aps.trainer import resolve_device
 
 __all__ = ["AmortizedPosteriorSampler", "condition_channels", "marginal_feature_channels", "observed_from_y"]
@@ -300,13 +301,24 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             return self.sample_with_model_error(measurement, n, generator)[0]
         return self.sample_measurement(measurement, n, generator).cpu()
 
-    def model_error_std(self, observed) -> torch.Tensor:
-        """``(N,)`` the std ``δ`` of the white model error each of the user's measurements reveals,
-        in physical units (0 where the prior explains the measurement; see ``model_error`` of
-        :meth:`sample`)."""
-        measurement, _, _ = self._measurement_from_user(observed)
+    def model_error_std(self, observed):
+        """The std ``δ`` of the white model error each of the user's measurements reveals, in
+        physical units (0 where the prior explains the measurement; see ``model_error`` of
+        :meth:`sample`): ``(N,)`` (numpy for numpy input, else torch), or for a lat-lon DataArray
+        a DataArray over its dimensions other than latitude and longitude, with its ``units``."""
+        measurement, _, units = self._measurement_from_user(observed)
         std = self.estimate_model_error(measurement).sqrt()
-        return self.normalizer.denormalize_std(std) if self.normalizer is not None else std
+        std = self.normalizer.denormalize_std(std) if self.normalizer is not None else std
+        grid = latlon_dims(observed) if hasattr(observed, "dims") else None
+        if grid is None:
+            return std if isinstance(observed, torch.Tensor) else std.numpy()
+        import xarray as xr
+
+        leading = [dim for dim in observed.dims if dim not in grid]
+        return xr.DataArray(std.numpy().reshape([observed.sizes[dim] for dim in leading]), dims=leading,
+                            coords={dim: observed[dim] for dim in leading if dim in observed.coords},
+                            attrs={"long_name": "std of the white model error the measurement reveals",
+                                   **({"units": units} if units else {})})
 
     def posterior(self, observed, n: int = 128, generator: torch.Generator | None = None,
                   model_error: bool | None = None):
