@@ -277,9 +277,10 @@ def cmd_sample(args) -> int:
     model = AmortizedPosteriorSampler.load(args.model)
     observed = _read_signals(args.input)
     with_error = model.model_error if args.model_error is None else args.model_error
+    noise = args.measurement_noise_std
     samples = model.sample(observed, n=args.n, generator=torch.Generator().manual_seed(args.seed),
-                           model_error=with_error)
-    error_std = model.model_error_std(observed) if with_error else None
+                           model_error=with_error, measurement_noise_std=noise)
+    error_std = model.model_error_std(observed, measurement_noise_std=noise) if with_error else None
     path = _write_posterior(args.output, samples, args.quantiles, args.keep, args.model, error_std)
     print(json.dumps({"output": str(path), "samples": args.n, "kept": min(args.keep, args.n)}))
     return 0
@@ -447,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--model-error", action=argparse.BooleanOptionalAction, default=None,
                           help="widen the draws by the white variance each map says the prior misses (data from "
                                "another source than the training signals); default: the model's own setting")
+    sampling.add_argument("--measurement-noise-std", type=float, default=None,
+                          help="with model error: the std of the input's noise in its units, when it is not the "
+                               "noise the model was trained for (cleaner data would hide the model error)")
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--threads", type=positive_int)
     sampling.add_argument("--config")

@@ -138,8 +138,9 @@ def test_sample_writes_cf_netcdf_in_the_callers_units_and_grid(tmp_path, capsys)
     assert 200 < float(result["mean"].min()) and float(result["mean"].max()) < 340
     assert "model_error_std" not in result and "model error" not in result.attrs["history"]
     assert main(["sample", "--model", str(tmp_path / "aps.pt"), "--input", str(tmp_path / "observed.nc"), "--n", "40",
-                 "--model-error", "--output", str(tmp_path / "widened.nc")]) == 0
+                 "--model-error", "--measurement-noise-std", "0.5", "--output", str(tmp_path / "widened.nc")]) == 0
     widened = xr.open_dataset(tmp_path / "widened.nc")
     assert widened["model_error_std"].dims == observed.dims[:1] and widened["model_error_std"].attrs["units"] == "K"
     assert (widened["model_error_std"] >= 0).all() and "widened by model error" in widened.attrs["history"]
-    np.testing.assert_allclose(widened["model_error_std"].values, model.model_error_std(observed).values, rtol=1e-5)
+    np.testing.assert_allclose(widened["model_error_std"].values,
+                               model.model_error_std(observed, measurement_noise_std=0.5).values, rtol=1e-5)

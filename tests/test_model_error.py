@@ -156,3 +156,22 @@ def test_shipped_sphere_sampler_reads_the_model_error_of_real_era5_in_kelvin(mir
     _, std = sampler.posterior(observed, n=32, generator=torch.Generator().manual_seed(0), model_error=True)
     _, plain = sampler.posterior(observed, n=32, generator=torch.Generator().manual_seed(0), model_error=False)
     assert std.attrs["units"] == "K" and float(std.mean()) > float(plain.mean())
+
+
+def test_measurements_cleaner_than_the_assumed_noise_reveal_model_error_once_their_noise_is_given(mirror):
+    from manifold_aps import pretrained
+    from manifold_aps.data import load_era5_sample
+
+    fields = load_era5_sample()[:3]
+    observed = fields.where(np.random.default_rng(0).random(fields.shape) >= 0.6)  # no noise at all
+    sampler = pretrained.load_sampler("era5_proxy_guided")
+    assert (sampler.model_error_std(observed) == 0).all()  # hidden inside the assumed σ_y ≈ 5.9 K
+    delta = sampler.model_error_std(observed, measurement_noise_std=0.0)
+    assert (1.0 < delta).all() and (delta < 6).all()
+    draws = sampler.sample(observed, n=8, generator=torch.Generator().manual_seed(0), measurement_noise_std=0.0)
+    seen = np.isfinite(observed.values)
+    np.testing.assert_allclose(draws.values[:, seen], np.broadcast_to(observed.values[seen], (8, seen.sum())), atol=0.05)
+    with pytest.raises(ValueError, match="pass model_error=True"):
+        sampler.sample(observed, n=2, model_error=False, measurement_noise_std=0.0)
+    with pytest.raises(ValueError, match="measurement_noise_std must be a finite number ≥ 0"):
+        sampler.model_error_std(observed, measurement_noise_std=-1.0)

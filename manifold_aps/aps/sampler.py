@@ -260,29 +260,34 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             draws.append(values.reshape(n, len(part), self.layout.num_vertices, self.layout.num_channels))
         return torch.nn.functional.pad(torch.cat(draws, dim=1), (0, 0, 0, self.layout.padded_vertices - self.layout.num_vertices))
 
-    def estimate_model_error(self, measurement: Measurement) -> torch.Tensor:
+    def estimate_model_error(self, measurement: Measurement, noise_std: float | None = None) -> torch.Tensor:
         """``(B,)`` the white variance ``δ²`` (model units) that each measurement says the Gaussian
         base's prior misses, by maximum marginal likelihood (:mod:`manifold_aps.model_error`); on the
-        entries the sampler reads as observed (for a blind sampler, those ``y`` reveals)."""
+        entries the sampler reads as observed (for a blind sampler, those ``y`` reveals), with
+        measurement noise ``noise_std`` (model units; default: the operator's σ_y)."""
         if self.base is None:
             raise ValueError("model error is estimated under the sampler's Gaussian base; this sampler has none "
                              "(fit it with gaussian_base=True)")
         y, observed = self.seen(measurement).to("cpu").real_entries(self.layout.num_vertices)
-        return estimate_model_error(self.base, y, observed, self.noise_std).float()
+        noise_std = self.noise_std if noise_std is None else noise_std
+        return estimate_model_error(self.base, y, observed, noise_std).float()
 
-    def sample_with_model_error(self, measurement: Measurement, n: int = 1, generator: torch.Generator | None = None):
+    def sample_with_model_error(self, measurement: Measurement, n: int = 1, generator: torch.Generator | None = None,
+                                noise_std: float | None = None):
         """:meth:`sample_measurement`'s draws (on the CPU) with model error ``δ ξ`` added on the real
         vertices (:func:`~manifold_aps.model_error.add_model_error`), and ``δ²`` ``(B,)`` from
-        :meth:`estimate_model_error`."""
+        :meth:`estimate_model_error`; ``noise_std`` as there (the flow still conditions on σ_y)."""
+        noise_std = self.noise_std if noise_std is None else noise_std
         draws = self.sample_measurement(measurement, n, generator).cpu()
-        variance = self.estimate_model_error(measurement)
+        variance = self.estimate_model_error(measurement, noise_std)
         V = self.layout.num_vertices
         seen = self.seen(measurement).to("cpu")
-        draws[..., :V, :] = add_model_error(draws[..., :V, :], seen.y[:, :V], seen.observed[:, :V], self.noise_std,
+        draws[..., :V, :] = add_model_error(draws[..., :V, :], seen.y[:, :V], seen.observed[:, :V], noise_std,
                                             variance, generator)
         return draws, variance
 
-    def sample(self, observed, n: int = 1, generator: torch.Generator | None = None, model_error: bool | None = None):
+    def sample(self, observed, n: int = 1, generator: torch.Generator | None = None, model_error: bool | None = None,
+               measurement_noise_std: float | None = None):
         """Posterior draws for the user's measurement(s) ``observed`` ((V,), (V, C) or (N, V, C), or a
         lat-lon DataArray; NaN = hidden), in physical units (module docstring): returns ``(n, ...)``
         in the same kind, layout and units (numpy / torch / xarray).
@@ -290,24 +295,41 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         ``model_error=True``: for data from another source than the training signals (e.g. a model
         trained on a climate model's fields, applied to reanalysis), widen the draws by the white
         variance each measurement says the prior misses (:meth:`model_error_std`). None: the
-        sampler's own setting, ``self.model_error`` (saved with it; False unless set)."""
+        sampler's own setting, ``self.model_error`` (saved with it; False unless set).
+
+        ``measurement_noise_std``: the std of your measurement noise, in your units, when it is not
+        the σ_y the sampler was trained for. Model error is only seen beyond the noise assumed, so
+        measurements much cleaner than σ_y hide it; this tells the estimate (and the model error's
+        conditional on observed entries) the real noise. The flow still conditions as trained."""
         measurement, form, units = self._measurement_from_user(observed)
-        draws = self._draws(measurement, n, generator, model_error)
+        draws = self._draws(measurement, n, generator, model_error, measurement_noise_std)
         return self.layout.restore(self._to_user_units(draws, units), form)
 
-    def _draws(self, measurement: Measurement, n: int, generator, model_error: bool | None) -> torch.Tensor:
+    def _draws(self, measurement: Measurement, n: int, generator, model_error: bool | None,
+               measurement_noise_std: float | None) -> torch.Tensor:
         """``(n, B, V_pad, C)`` draws on the CPU, with model error if ``model_error`` (None: ``self.model_error``)."""
         if self.model_error if model_error is None else model_error:
-            return self.sample_with_model_error(measurement, n, generator)[0]
+            return self.sample_with_model_error(measurement, n, generator, self._noise_in_model_units(measurement_noise_std))[0]
+        if measurement_noise_std is not None:
+            raise ValueError("measurement_noise_std is used by the model-error estimate only; pass model_error=True")
         return self.sample_measurement(measurement, n, generator).cpu()
 
-    def model_error_std(self, observed):
+    def _noise_in_model_units(self, noise_std) -> float | None:
+        """The user's measurement noise std (their units) in model units; None stays None."""
+        if noise_std is None:
+            return None
+        if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real) or not 0 <= noise_std < float("inf"):
+            raise ValueError(f"measurement_noise_std must be a finite number ≥ 0, got {noise_std!r}")
+        return float(noise_std) / (self.normalizer.scale if self.normalizer is not None else 1.0)
+
+    def model_error_std(self, observed, measurement_noise_std: float | None = None):
         """The std ``δ`` of the white model error each of the user's measurements reveals, in
         physical units (0 where the prior explains the measurement; see ``model_error`` of
         :meth:`sample`): ``(N,)`` (numpy for numpy input, else torch), or for a lat-lon DataArray
-        a DataArray over its dimensions other than latitude and longitude, with its ``units``."""
+        a DataArray over its dimensions other than latitude and longitude, with its ``units``;
+        ``measurement_noise_std`` as in :meth:`sample`."""
         measurement, _, units = self._measurement_from_user(observed)
-        std = self.estimate_model_error(measurement).sqrt()
+        std = self.estimate_model_error(measurement, self._noise_in_model_units(measurement_noise_std)).sqrt()
         std = self.normalizer.denormalize_std(std) if self.normalizer is not None else std
         grid = latlon_dims(observed) if hasattr(observed, "dims") else None
         if grid is None:
@@ -321,14 +343,14 @@ class AmortizedPosteriorSampler(torch.nn.Module):
                                    **({"units": units} if units else {})})
 
     def posterior(self, observed, n: int = 128, generator: torch.Generator | None = None,
-                  model_error: bool | None = None):
+                  model_error: bool | None = None, measurement_noise_std: float | None = None):
         """``(mean, std)`` of ``n`` posterior draws, each in the form and units of ``observed``
-        (``model_error``: as in :meth:`sample`)."""
+        (``model_error`` and ``measurement_noise_std``: as in :meth:`sample`)."""
         _check_sampling(n, generator)
         if n < 2:
             raise ValueError(f"a posterior std needs n ≥ 2 samples, got {n}")
         measurement, form, units = self._measurement_from_user(observed)
-        draws = self._draws(measurement, n, generator, model_error)
+        draws = self._draws(measurement, n, generator, model_error, measurement_noise_std)
         std = draws.std(dim=0)
         if self.normalizer is not None:
             std = self.normalizer.denormalize_std(std)  # kelvin and °C share their scale: no conversion
