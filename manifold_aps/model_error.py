@@ -26,6 +26,7 @@ conditional given each draw and ``y``. The result is the posterior with model er
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -37,15 +38,24 @@ GRID_POINTS = 256  # log-spaced δ² candidates between 1e-6 (τ² + σ²) and t
 REFINE_STEPS = 40  # golden-section steps between the best candidate's neighbours
 
 
-def _innovation_spectrum(gaussian: LowRankGaussian, y, observed, noise_std: float):
-    """Per measurement: ``λ`` ``(B, k)``, ``q²`` ``(B, k)``, ``‖r‖²`` ``(B,)`` and ``m`` ``(B,)``."""
+class _Innovations(NamedTuple):
+    """What the marginal likelihood needs of each measurement's observed residual ``r = y_o − μ_o``."""
+
+    eigenvalues: torch.Tensor  # λ (B, k) of AᵀA
+    squared: torch.Tensor  # q² (B, k)
+    norm: torch.Tensor  # ‖r‖² (B,)
+    count: torch.Tensor  # m (B,)
+    white: float  # τ² + σ², the white variance before model error
+
+
+def _innovations(gaussian: LowRankGaussian, y, observed, noise_std: float) -> _Innovations:
     y, observed, noise_variance = gaussian._checked(y, observed, noise_std)
     if not bool(observed.any(dim=1).all()):
         raise ValueError("every measurement needs at least one observed entry to estimate model error from")
     mask = observed.to(torch.float64)
     residual = torch.where(observed, y - gaussian.mean, torch.zeros_like(y))
     root_spectrum = gaussian.spectrum.sqrt()
-    eigenvalues, eigenvectors, projected = [], [], []
+    eigenvalues, projected = [], []
     for start in range(0, y.shape[0], gaussian.BLOCK):
         block = slice(start, start + gaussian.BLOCK)
         gram = torch.einsum("bv,vi,vj->bij", mask[block], gaussian.modes, gaussian.modes)
@@ -53,13 +63,13 @@ def _innovation_spectrum(gaussian: LowRankGaussian, y, observed, noise_std: floa
         values, vectors = torch.linalg.eigh(gram)
         eigenvalues.append(values.clamp_min(0.0))
         projected.append(torch.einsum("bij,bi->bj", vectors, (residual[block] @ gaussian.modes) * root_spectrum))
-    return (torch.cat(eigenvalues), torch.cat(projected) ** 2, (residual**2).sum(dim=1), mask.sum(dim=1),
-            gaussian.nugget_variance + noise_variance)
+    return _Innovations(torch.cat(eigenvalues), torch.cat(projected) ** 2, (residual**2).sum(dim=1), mask.sum(dim=1),
+                        gaussian.nugget_variance + noise_variance)
 
 
-def _negative_twice_log_likelihood(spectrum, c: torch.Tensor) -> torch.Tensor:
+def _negative_twice_log_likelihood(innovations: _Innovations, c: torch.Tensor) -> torch.Tensor:
     """``−2 log p(y_o)`` per measurement ``(B, G)`` for total white variances ``c`` ``(B, G)``."""
-    eigenvalues, squared, norm, count, _ = spectrum
+    eigenvalues, squared, norm, count, _ = innovations
     k = eigenvalues.shape[1]
     shifted = c[..., None] + eigenvalues[:, None, :]
     quadratic = (norm[:, None] - (squared[:, None, :] / shifted).sum(dim=-1)) / c
@@ -70,11 +80,11 @@ def _negative_twice_log_likelihood(spectrum, c: torch.Tensor) -> torch.Tensor:
 def marginal_log_likelihood(gaussian: LowRankGaussian, y, observed, noise_std: float, model_error) -> torch.Tensor:
     """``log p(y_o)`` ``(B,)`` under the prior with extra white variance ``model_error`` (``δ²``,
     a scalar or one per measurement): ``N(μ_o, A Aᵀ + (τ² + δ² + σ²) I)``."""
-    spectrum = _innovation_spectrum(gaussian, y, observed, noise_std)
-    extra = torch.as_tensor(model_error, dtype=torch.float64).expand(spectrum[2].shape)
+    innovations = _innovations(gaussian, y, observed, noise_std)
+    extra = torch.as_tensor(model_error, dtype=torch.float64).expand(innovations.norm.shape)
     if (extra < 0).any() or not torch.isfinite(extra).all():
         raise ValueError(f"model_error is a variance: it must be finite and ≥ 0, got {model_error}")
-    return -0.5 * _negative_twice_log_likelihood(spectrum, (spectrum[4] + extra)[:, None])[:, 0]
+    return -0.5 * _negative_twice_log_likelihood(innovations, (innovations.white + extra)[:, None])[:, 0]
 
 
 def estimate_model_error(gaussian: LowRankGaussian, y, observed, noise_std: float, pooled: bool = False) -> torch.Tensor:
@@ -84,14 +94,15 @@ def estimate_model_error(gaussian: LowRankGaussian, y, observed, noise_std: floa
     A log grid of ``GRID_POINTS`` candidates (and ``δ² = 0``) up to the variance of the
     observed residual ``‖r‖²/m``, then golden-section search between the best one's neighbours.
     """
-    spectrum = _innovation_spectrum(gaussian, y, observed, noise_std)
-    base = spectrum[4]
-    if pooled:  # one measurement whose −2 log-likelihood is the sum: stack along the batch inside the objective
-        objective = lambda c: _negative_twice_log_likelihood(spectrum, c.expand(len(spectrum[2]), -1)).sum(0, keepdim=True)
-        top = (spectrum[2].sum() / spectrum[3].sum()).reshape(1)
-    else:
-        objective = lambda c: _negative_twice_log_likelihood(spectrum, c)
-        top = spectrum[2] / spectrum[3]
+    innovations = _innovations(gaussian, y, observed, noise_std)
+    base, count = innovations.white, len(innovations.norm)
+
+    def objective(c):  # (B', G) candidates → (B', G); pooled: one row, the sum over measurements
+        if pooled:
+            return _negative_twice_log_likelihood(innovations, c.expand(count, -1)).sum(0, keepdim=True)
+        return _negative_twice_log_likelihood(innovations, c)
+
+    top = (innovations.norm.sum() / innovations.count.sum()).reshape(1) if pooled else innovations.norm / innovations.count
     top = torch.maximum(top, torch.full_like(top, 2e-6 * base))
     steps = torch.linspace(0.0, 1.0, GRID_POINTS, dtype=torch.float64)
     grid = torch.cat([torch.zeros_like(top)[:, None],
@@ -110,7 +121,7 @@ def estimate_model_error(gaussian: LowRankGaussian, y, observed, noise_std: floa
     refined = 0.5 * (low + high)
     candidates = torch.stack([grid[rows, best], refined], dim=1)
     chosen = candidates[rows, objective(base + candidates).argmin(dim=1)]
-    return chosen.expand(len(spectrum[2])).clone() if pooled else chosen
+    return chosen.expand(count).clone() if pooled else chosen
 
 
 def with_model_error(gaussian: LowRankGaussian, model_error: float) -> LowRankGaussian:
