@@ -33,9 +33,9 @@ def score(sampler, observed, truth, hidden, samples: int, seed: int, **options) 
     draws = sampler.sample(observed, n=samples, generator=torch.Generator().manual_seed(seed), **options).values
     low, high = np.quantile(draws, [0.05, 0.95], axis=0)
     error = draws.mean(axis=0) - truth
+    noise = options.get("measurement_noise_std")
     with_error = options.get("model_error", sampler.model_error)
-    noise = {key: value for key, value in options.items() if key == "measurement_noise_std"}
-    delta = float(np.asarray(sampler.model_error_std(observed, **noise)).mean()) if with_error else 0.0
+    delta = float(sampler.model_error_std(observed, measurement_noise_std=noise).mean()) if with_error else 0.0
     return dict(coverage_90_hidden=float(((truth >= low) & (truth <= high))[hidden].mean()),
                 rmse_hidden_K=float(np.sqrt((error**2)[hidden].mean())), rmse_K=float(np.sqrt((error**2).mean())),
                 model_error_std_K=delta)
