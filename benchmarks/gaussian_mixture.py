@@ -44,6 +44,11 @@ Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema o
 - ``aps_forward_kl``: as ``aps_gauss_base`` plus the forward-KL term
   (:mod:`manifold_aps.aps.forward_kl`, weight ``--forward-kl-weight``) on ``--forward-kl-draws``
   exact draws of the mixture (seed 3): what the flow reaches with a mass-covering signal;
+- ``aps_mixture_base`` / ``aps_mixture_base_forward_kl``: as ``aps_gauss_base`` / ``aps_forward_kl``
+  with a mixture base (``fit``'s ``base_components``): a mixture of ``--base-components`` PPCA
+  Gaussians of rank ``--base-rank`` fitted by EM to the training fields, whose exact posterior the
+  flow maps (:mod:`manifold_aps.mixture_base`); ``mixture_base`` is that fitted mixture's exact
+  posterior alone (APS's start);
 - ``dps``: :func:`manifold_aps.zero_shot.sample_dps` with the exact prior, ``--diffusion-samples``
   (32) draws of ``--diffusion-steps`` (50 / 1000) steps.
 
@@ -78,7 +83,7 @@ from manifold_aps.zero_shot import sample_dps
 from manifold_aps.benchmark import environment, score, write_results
 from manifold_aps.data.gaussian_mixture import GaussianMixtureField, matern_mixture
 from manifold_aps.gaussian_posterior import optimal_interpolation
-from manifold_aps.methods import Estimate, aps_method, diffusion_method
+from manifold_aps.methods import Estimate, aps_method, diffusion_method, mixture_method
 
 HIDDEN_FRACTION, NOISE_STD = 0.6, 0.05
 MIXTURE = dict(means=(0.4, 0.6, 0.5), length_fractions=(0.5, 0.5, 0.1), stds=(0.15, 0.15, 0.08), smoothness=1.5,
@@ -148,9 +153,10 @@ def against_exact(samples: torch.Tensor, exact, mixture: GaussianMixtureField, h
                 component_fractions=fractions.tolist())
 
 
-def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_draws=None):
+def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_draws=None, base_components: int = 1):
     """APS against the exact prior with ``fit`` (not saved: see the module docstring); with
-    ``prior_draws`` (exact draws of the mixture) plus the forward-KL term on them."""
+    ``prior_draws`` (exact draws of the mixture) plus the forward-KL term on them; with
+    ``base_components`` > 1 on a mixture-of-PPCA base."""
     started = time.perf_counter()
     forward = {} if prior_draws is None else dict(forward_kl_weight=args.forward_kl_weight, prior_draws=prior_draws)
     overrides = aps_overrides(args)
@@ -158,9 +164,11 @@ def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_dr
         overrides.pop("marginal_components", None)
     model = aps.fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, scale=args.scale,
                     gaussian_base=gaussian_base, base_rank=args.base_rank, seed=args.seed, device="cpu", progress=False,
-                    iterations=args.iterations, batch_size=args.batch_size, **overrides, **forward)
+                    iterations=args.iterations, batch_size=args.batch_size, base_components=base_components,
+                    **overrides, **forward)
     seconds = time.perf_counter() - started
-    log(f"trained APS ({'Gaussian base' if gaussian_base else 'plain'}, {args.iterations} iterations"
+    base = f"{base_components}-component mixture base" if base_components > 1 else "Gaussian base"
+    log(f"trained APS ({base if gaussian_base else 'plain'}, {args.iterations} iterations"
         f"{'' if prior_draws is None else ', forward-KL term'}) in {seconds:.0f} s")
     return model, seconds
 
@@ -188,7 +196,9 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     parser.add_argument("--scale", choices=sorted(SCALES), default="smoke")
     parser.add_argument("--methods", default="exact,oi,aps_gauss_base,aps_plain,dps",
                         help="comma-separated rows; also aps_forward_kl (APS with the Gaussian base and the "
-                             "forward-KL term on exact mixture draws)")
+                             "forward-KL term on exact mixture draws), aps_mixture_base and "
+                             "aps_mixture_base_forward_kl (the same on a mixture-of-PPCA base; both add the "
+                             "row mixture_base, that base alone)")
     parser.add_argument("--forward-kl-weight", type=float, default=1.0, help="λ of the aps_forward_kl row")
     parser.add_argument("--forward-kl-draws", type=int, default=4096, help="exact mixture draws of the aps_forward_kl row")
     parser.add_argument("--results-name", default=None,
@@ -197,7 +207,10 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     parser.add_argument("--train-fields", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None, help="APS iterations (default 100 / 400)")
     parser.add_argument("--batch-size", type=int, default=None, help="APS batch size (default 32)")
-    parser.add_argument("--base-rank", type=int, default=128, help="largest rank of APS's Gaussian base")
+    parser.add_argument("--base-rank", type=int, default=128, help="largest rank of APS's Gaussian base (and the "
+                        "rank of each component of its mixture base)")
+    parser.add_argument("--base-components", type=int, default=3,
+                        help="components of the mixture base of the aps_mixture_base rows")
     parser.add_argument("--flow-depth", type=int, default=None, help="APS RealNVP coupling steps (default: preset)")
     parser.add_argument("--hidden", type=int, default=None, help="APS coupling width (default: preset)")
     parser.add_argument("--marginal-components", type=int, default=None,
@@ -245,10 +258,18 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         if name in names:
             model, train_seconds[name] = train_aps(mesh, train, prior, args, base, log)
             methods[name] = aps_method(model, DRAWS)
-    if "aps_forward_kl" in names:
+    exact_draws = None
+    if "aps_forward_kl" in names or "aps_mixture_base_forward_kl" in names:
         exact_draws = draw(mixture, args.forward_kl_draws, DATA_SEEDS["prior_draws"])
+    if "aps_forward_kl" in names:
         model, train_seconds["aps_forward_kl"] = train_aps(mesh, train, prior, args, True, log, exact_draws)
         methods["aps_forward_kl"] = aps_method(model, DRAWS)
+    for name, draws in (("aps_mixture_base", None), ("aps_mixture_base_forward_kl", exact_draws)):
+        if name in names:
+            model, train_seconds[name] = train_aps(mesh, train, prior, args, True, log, draws, args.base_components)
+            if "mixture_base" not in methods:
+                methods["mixture_base"] = mixture_method(model.base, layout, DRAWS)
+            methods[name] = aps_method(model, DRAWS)
     if "dps" in names:
         methods["dps"] = diffusion_method(sample_dps, prior, args.diffusion_samples, args.diffusion_steps,
                                           step_size=args.step_size)
@@ -277,7 +298,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                    train_seconds=train_seconds, command="python benchmarks/gaussian_mixture.py " + " ".join(argv),
                    hidden_fraction=HIDDEN_FRACTION, noise_std=NOISE_STD, mixture=description,
                    aps=dict(iterations=args.iterations, batch_size=args.batch_size, flow="realnvp",
-                            base_rank=args.base_rank, **aps_overrides(args), forward_kl_weight=args.forward_kl_weight,
+                            base_rank=args.base_rank, base_components=args.base_components, **aps_overrides(args), forward_kl_weight=args.forward_kl_weight,
                             forward_kl_draws=args.forward_kl_draws),
                    exact_weights=weights.tolist(), sections={"test": rows}, rows=rows,
                    notes=[f"prior: the mixture's exact noise predictor, shared by APS and DPS; APS RealNVP at the "

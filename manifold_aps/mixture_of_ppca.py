@@ -19,7 +19,9 @@ product ``S_k Q = X_cᵀ (r ⊙ X_c Q) / N_k`` costing ``O(N D q)``, then a Rayl
 :func:`select_mixture_of_ppca` picks the number of components and the rank by the hidden-entry
 error of the exact mixture-posterior mean (:meth:`GaussianMixtureField.posterior
 <manifold_aps.data.gaussian_mixture.GaussianMixtureField.posterior>`) on validation measurements,
-as :func:`~manifold_aps.gaussian_posterior.optimal_interpolation` does for one Gaussian.
+as :func:`~manifold_aps.gaussian_posterior.optimal_interpolation` does for one Gaussian;
+:func:`fit_mixture_base` is that choice of the rank for :func:`~manifold_aps.aps.fit`'s mixture
+base, on a held-out tenth of the training signals.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import torch
 
 from manifold_aps.data.gaussian_mixture import GaussianMixtureField
 from manifold_aps.gaussian_posterior import LowRankGaussian
-from manifold_aps.operators import Measurement
+from manifold_aps.operators import Measurement, RandomVertexMask
+from manifold_aps.signals import VertexLayout
 
-__all__ = ["fit_mixture_of_ppca", "select_mixture_of_ppca"]
+__all__ = ["fit_mixture_of_ppca", "select_mixture_of_ppca", "fit_mixture_base"]
 
 OVERSAMPLING = 8  # extra subspace columns: the top-q eigenpairs converge faster with a few spare ones
 
@@ -151,3 +154,27 @@ def select_mixture_of_ppca(train_signals: torch.Tensor, validation_signals: torc
             if best is None or error < best[0]:
                 best = (error, field)
     return best[1], table
+
+
+def fit_mixture_base(signals: torch.Tensor, operator: RandomVertexMask, components: int, ranks,
+                     seed: int = 0) -> GaussianMixtureField:
+    """:func:`~manifold_aps.aps.fit`'s mixture base: ``components`` PPCA Gaussians fitted to the
+    complete ``signals`` ``(N, V, C)``, with the rank (among ``ranks``) whose mixture-posterior mean
+    best fills the hidden entries of a held-out tenth measured by ``operator``; refitted on all of
+    them (as :func:`~manifold_aps.gaussian_posterior.fit_gaussian_base` does for one Gaussian)."""
+    complete = signals[torch.isfinite(signals).flatten(1).all(dim=1)].double()
+    generator = torch.Generator().manual_seed(seed + 7)
+    order = torch.randperm(len(complete), generator=generator)
+    held = order[: max(2, min(256, len(complete) // 10))]
+    kept = order[len(held):]
+    if len(kept) < 2 * components:
+        raise ValueError(f"a mixture base of {components} components needs ≥ {2 * components} complete training "
+                         f"signals besides a held-out tenth, got {len(complete)} complete signals")
+    layout = VertexLayout(complete.shape[1], complete.shape[2])
+    measurement = operator(layout.pad(complete[held].float()), generator)
+    dim = complete[0].numel()
+    candidates = tuple(r for r in ranks if r < min(len(kept) // components, dim - OVERSAMPLING)) or (1,)
+    _, table = select_mixture_of_ppca(complete[kept], complete[held], measurement, operator.noise_std,
+                                      components=(components,), ranks=candidates, seed=seed)
+    best = min(table, key=lambda row: row["hidden_mse"])
+    return fit_mixture_of_ppca(complete, components, best["rank"], seed=seed)

@@ -14,7 +14,7 @@ STATIONS = {
     "version": 0, "scales": 0, "checkpoint": 0, "trainer": 1, "data.registry": 1, "zero_shot": 8,
     "mesh": 2, "signals": 3, "operators": 4, "gaussian_posterior": 5, "data": 5,
     "diffusion": 6, "flows": 7, "aps": 8, "baselines": 8, "methods": 9, "metrics": 9,
-    "mixture_of_ppca": 5, "model_error": 5, "benchmark": 10, "render": 10, "tasks": 10, "pretrained": 10, "cli": 11, "demo": 11,
+    "mixture_of_ppca": 5, "model_error": 5, "mixture_base": 5, "benchmark": 10, "render": 10, "tasks": 10, "pretrained": 10, "cli": 11, "demo": 11,
     "": 12,  # the package namespace re-exports the public API
 }
 EARLY = ("mesh", "signals", "operators", "checkpoint", "flows")

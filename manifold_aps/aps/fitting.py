@@ -18,6 +18,7 @@ from manifold_aps.flows.factory import FLOWS, build_flow
 from manifold_aps.flows.vertexwise import VertexwiseMonotone
 from manifold_aps.gaussian_posterior import candidate_ranks, fit_gaussian_base
 from manifold_aps.mesh import Mesh
+from manifold_aps.mixture_of_ppca import fit_mixture_base
 from manifold_aps.operators import BlindVertexMask, RandomVertexMask, check_hidden_fraction, check_noise_std
 from manifold_aps.signals import MinMaxNormalizer, VertexLayout, latlon_dims, latlon_grid
 from manifold_aps.trainer import run_fingerprint
@@ -29,7 +30,7 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
         flow: str = "realnvp", scale: str = "cpu", device="auto", blind: bool = False,
         hidden_range: tuple[float, float] = (0.3, 0.6), test_signals=None, checkpoint_dir=None, seed: int = 0,
         progress: bool = True, gaussian_base: bool = True, base_rank: int = 64, normalizer="auto",
-        resume: bool = True, prior_draws=None, base_signals=None, **overrides) -> AmortizedPosteriorSampler:
+        resume: bool = True, prior_draws=None, base_signals=None, base_components: int = 1, **overrides) -> AmortizedPosteriorSampler:
     """Fit an amortized posterior sampler for random vertex masking on ``mesh``.
 
     A short tutorial::
@@ -68,6 +69,11 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
             held-out tenth of them (module docstring); False trains the flow from ``z`` alone.
         base_rank: the largest rank of the fitted Gaussian; its posterior is then kept exactly
             (memory: ``(2 + rank) · V · C`` floats per training signal).
+        base_components: ``K ≥ 2`` replaces the Gaussian base by a mixture of ``K`` PPCA Gaussians
+            fitted by EM, their rank (≤ ``base_rank``) chosen as the Gaussian's is
+            (:func:`~manifold_aps.mixture_of_ppca.fit_mixture_base`): the flow
+            then maps draws of that mixture's exact posterior (:mod:`manifold_aps.mixture_base`;
+            no model error, whose estimate needs one Gaussian).
         base_signals: signals ``(N_b, V)`` / ``(N_b, V, C)``, in the units of ``signals``, that the
             Gaussian base is fitted on in place of ``signals`` (only their complete ones count) —
             e.g. every training field, while the flow trains on fewer to bound the memory above.
@@ -108,6 +114,10 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
     mask_rate = check_hidden_fraction(mask_rate, "mask_rate (the hidden fraction)")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+    if isinstance(base_components, bool) or not isinstance(base_components, numbers.Integral) or base_components < 1:
+        raise ValueError(f"base_components (the base's mixture components) must be an integer ≥ 1, got {base_components!r}")
+    if base_components > 1 and not gaussian_base:
+        raise ValueError("base_components > 1 is a mixture base: it needs gaussian_base=True")
     config = APSConfig.preset(scale, seed=seed, **overrides)
     layout = VertexLayout(mesh.num_vertices, _channels_of(signals), grid=latlon_grid(mesh))
     batch, _ = layout.to_batch(signals)
@@ -132,8 +142,12 @@ def fit(mesh, signals, mask_rate: float = 0.6, noise_std: float = 0.05, prior: D
                              f"channels, the signals have {layout.num_vertices} × {layout.num_channels}")
         layout = prior.layout
         measurements = operator(layout.pad(layout.unpad(batch)), torch.Generator().manual_seed(seed))
-        base = (fit_gaussian_base(layout.unpad(base_batch), operator, seed, ranks=candidate_ranks(base_rank))
-                if gaussian_base else None)
+        if not gaussian_base:
+            base = None
+        elif base_components > 1:
+            base = fit_mixture_base(layout.unpad(base_batch), operator, base_components, candidate_ranks(base_rank), seed)
+        else:
+            base = fit_gaussian_base(layout.unpad(base_batch), operator, seed, ranks=candidate_ranks(base_rank))
         flow_model = build_flow(flow, layout, condition_channels(layout, blind, base is not None), mesh.edge_index.cpu(),
                                 **config.flow_shape())
         if config.marginal_components and base is None:

@@ -12,7 +12,8 @@ sampler's own operator (optionally fitted to dequantised draws ``x + σ_d ε``, 
 ``log q`` is the flow's exact density: the per-entry map is inverted by
 bisection and differentiated implicitly (one Newton step with gradients at the root:
 ``∂x̃/∂θ = −(∂g/∂θ) / g'(x̃)``), the Gaussian base in closed form
-(:meth:`~manifold_aps.gaussian_posterior.GaussianRoot.inverse`), the coupling flow by its inverse.
+(:meth:`~manifold_aps.gaussian_posterior.GaussianRoot.inverse`), the coupling flow by its inverse,
+a mixture base by its exact density (:meth:`~manifold_aps.mixture_base.MixtureRoot.log_prob`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.sampling import sample_ancestral, time_grid
 from manifold_aps.gaussian_posterior import GaussianRoot
+from manifold_aps.mixture_base import MixtureRoot
 from manifold_aps.operators import Measurement
 
 __all__ = ["draw_prior_signals", "dequantise", "marginal_inverse", "log_density"]
@@ -84,7 +86,8 @@ def marginal_inverse(marginal, x: torch.Tensor, features: torch.Tensor, mean: to
     return root, -torch.log(slope).flatten(-2).sum(-1)
 
 
-def log_density(model, measurement: Measurement, x: torch.Tensor, root: GaussianRoot | None = None) -> torch.Tensor:
+def log_density(model, measurement: Measurement, x: torch.Tensor,
+                root: GaussianRoot | MixtureRoot | None = None) -> torch.Tensor:
     """``log q(x | y)`` ``(B,)`` of an :class:`~manifold_aps.aps.AmortizedPosteriorSampler` at padded
     signals ``x`` ``(B, V_pad, C)``: the inverse of :meth:`~manifold_aps.aps.AmortizedPosteriorSampler.generate`."""
     V, C = model.layout.num_vertices, model.layout.num_channels
@@ -93,11 +96,14 @@ def log_density(model, measurement: Measurement, x: torch.Tensor, root: Gaussian
     condition = model.condition(measurement, root)
     values = model.layout.unpad(x).reshape(len(x), V * C)
     log_det = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    if root is not None and model.marginal is not None:
+        features, mean, std = model.marginal_inputs(condition, root)
+        values, step = marginal_inverse(model.marginal, values.reshape(-1, V, C), features, mean, std)
+        values, log_det = values.reshape(len(x), V * C), log_det + step
+    if isinstance(root, MixtureRoot):  # x = g(m̄ + s̄ F((b − m̄)/s̄)), b from the mixture posterior
+        values, step = model.flow.inverse(root.standardise(values), condition)
+        return root.log_prob(root.unstandardise(values)) + step + log_det
     if root is not None:
-        if model.marginal is not None:
-            features, mean, std = model.marginal_inputs(condition, root)
-            values, step = marginal_inverse(model.marginal, values.reshape(-1, V, C), features, mean, std)
-            values, log_det = values.reshape(len(x), V * C), log_det + step
         values, step = root.inverse(values)
         log_det = log_det + step
     return model.flow.log_prob(values, condition) + log_det

@@ -13,6 +13,7 @@ Without a normaliser the values are used as given.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from pathlib import Path
 
@@ -20,10 +21,12 @@ import torch
 
 from manifold_aps.aps.forward_kl import log_density
 from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from manifold_aps.data.gaussian_mixture import GaussianMixtureField
 from manifold_aps.diffusion.prior import DiffusionPrior
 from manifold_aps.diffusion.saving import prior_from_record, prior_record
 from manifold_aps.flows import ConditionalFlow, ConditionalMeshFlow, ConditionalRealNVP, VertexwiseMonotone
 from manifold_aps.gaussian_posterior import GaussianRoot, LowRankGaussian
+from manifold_aps.mixture_base import MixtureRoot, mixture_posterior_root
 from manifold_aps.model_error import add_model_error, estimate_model_error
 from manifold_aps.operators import (BlindVertexMask, Measurement, RandomVertexMask, check_noise_std,
                                     operator_from_config)
@@ -76,8 +79,12 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             (:meth:`~manifold_aps.diffusion.DiffusionPrior.elbo`), so ε sets the finest scale APS
             resolves. Files that do not store it load with the default.
         base: the fitted Gaussian prior (over the ``V · C`` real entries) whose posterior is the
-            flow's affine base (module docstring), or None for a flow on ``z`` alone.
-        base_rank: posterior directions the base keeps exactly (default: the base's rank, i.e. all).
+            flow's affine base (module docstring), or None for a flow on ``z`` alone; or a fitted
+            :class:`~manifold_aps.data.GaussianMixtureField` (a mixture of PPCA), whose exact
+            posterior is drawn from and the flow then maps the standardised draws
+            (:mod:`manifold_aps.mixture_base`).
+        base_rank: posterior directions a Gaussian base keeps exactly (default: the base's rank, i.e.
+            all; a mixture base keeps every direction).
         normalizer: maps the user's physical values to the model's (default: the prior's
             ``normalizer``, if any; module docstring).
         mask_from_y: for a blind operator: read the observed mask off ``y``
@@ -111,8 +118,13 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         if flow.dim != layout.num_vertices * layout.num_channels:
             raise ValueError(f"flow dimension {flow.dim} differs from the V·C = "
                              f"{layout.num_vertices * layout.num_channels} real entries of the prior's layout")
+        if base is not None and not isinstance(base, (LowRankGaussian, GaussianMixtureField)):
+            raise TypeError(f"base must be a LowRankGaussian, a GaussianMixtureField or None, got {type(base).__name__}")
         if base is not None and base.dim != flow.dim:
             raise ValueError(f"the Gaussian base has dimension {base.dim}, the flow {flow.dim}")
+        if isinstance(base, GaussianMixtureField) and (base_rank is not None or (operator.blind and not mask_from_y)):
+            raise ValueError("a mixture base keeps every posterior direction (no base_rank) and needs the observed "
+                             "mask (for a blind sampler: mask_from_y=True)")
         if marginal is not None:
             expected = marginal_feature_channels(layout, operator.blind, mask_from_y)
             if base is None or (operator.blind and not mask_from_y):
@@ -131,10 +143,11 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         self.weights = dict(fidelity=float(fidelity_weight), prior=float(prior_weight), logdet=float(logdet_weight))
         self.flow_kind = "mesh" if isinstance(flow, ConditionalMeshFlow) else "realnvp"
         self.base = base
-        self.base_rank = int(base_rank) if base_rank is not None else (base.rank if base is not None else 0)
+        self.base_rank = (int(base_rank) if base_rank is not None else
+                          base.rank if isinstance(base, LowRankGaussian) else 0)
         self.normalizer = normalizer if normalizer is not None else getattr(prior, "normalizer", None)
         self.mask_from_y = bool(mask_from_y)
-        if model_error and base is None:
+        if model_error and not isinstance(base, LowRankGaussian):
             raise ValueError("model_error=True needs a Gaussian base to estimate the model error under")
         self.model_error = bool(model_error)  # the default of sample() and posterior() (saved)
         self.report: dict = {}
@@ -147,6 +160,11 @@ class AmortizedPosteriorSampler(torch.nn.Module):
     def noise_std(self) -> float:
         return self.operator.noise_std
 
+    @property
+    def mixture_base(self) -> bool:
+        """Whether the base is a Gaussian mixture's posterior (:mod:`manifold_aps.mixture_base`)."""
+        return isinstance(self.base, GaussianMixtureField)
+
     # -- the objective --------------------------------------------------------------------------
     def seen(self, measurement: Measurement) -> Measurement:
         """The measurement as the sampler reads it: a blind sampler's observed mask is the one ``y``
@@ -155,13 +173,17 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             return measurement
         return Measurement(measurement.y, observed_from_y(measurement.y, self.layout.num_vertices))
 
-    def base_root(self, measurement: Measurement) -> GaussianRoot | None:
+    def base_root(self, measurement: Measurement) -> GaussianRoot | MixtureRoot | None:
         """The Gaussian base of each measurement (None without a base), float32 over the ``V · C``
         real entries: the exact posterior given ``y`` on the observed entries (for a blind sampler
-        those that ``y`` reveals), or the fitted prior for a blind sampler without ``mask_from_y``."""
+        those that ``y`` reveals), or the fitted prior for a blind sampler without ``mask_from_y``;
+        with a mixture base, the mixture's exact posterior (a :class:`~manifold_aps.mixture_base.MixtureRoot`)."""
         if self.base is None:
             return None
         device = measurement.y.device
+        if self.mixture_base:
+            y, observed = self.seen(measurement).to("cpu").real_entries(self.layout.num_vertices)
+            return mixture_posterior_root(self.base, y, observed, self.noise_std).to(device, torch.float32)
         if self.blind and not self.mask_from_y:
             root = self.base.root(self.base_rank)
             root = GaussianRoot(*(value.expand(len(measurement), *value.shape[1:]) for value in
@@ -208,15 +230,25 @@ class AmortizedPosteriorSampler(torch.nn.Module):
                                      *self.marginal_inputs(condition, root), log_det=log_det)
         return mapped.reshape(shape), step
 
-    def generate(self, measurement: Measurement, z: torch.Tensor, root: GaussianRoot | None = None):
-        """``x = G(z, c(y))`` as a padded batch ``(B, V_pad, C)`` (zero padding) and ``log|det ∂G/∂z|``.
+    def generate(self, measurement: Measurement, z: torch.Tensor, root: GaussianRoot | MixtureRoot | None = None,
+                 generator: torch.Generator | None = None):
+        """``x = G(z, c(y))`` as a padded batch ``(B, V_pad, C)`` (zero padding) and
+        ``log N(z; 0, I) − log q(x | y)`` (``= log|det ∂G/∂z|`` for a Gaussian base or none).
 
-        With a Gaussian base, its ``root`` (from :meth:`base_root`) may be passed precomputed."""
+        With a base, its ``root`` (from :meth:`base_root`) may be passed precomputed; a mixture
+        base draws each sample's component from ``generator``."""
         if self.base is not None and root is None:
             root = self.base_root(measurement)
         condition = self.condition(measurement, root)
-        values, log_det = self.flow(z, condition)
-        if root is not None:
+        if isinstance(root, MixtureRoot):
+            b = root.draw(z, generator)
+            values, log_det = self.flow(root.standardise(b), condition)
+            values, marginal_log_det = self._apply_marginal(root.unstandardise(values), condition, root)
+            white = -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+            log_det = white - root.log_prob(b) + log_det + marginal_log_det
+        else:
+            values, log_det = self.flow(z, condition)
+        if isinstance(root, GaussianRoot):
             values, log_det = root.transform(values), log_det + root.log_det()
             values, marginal_log_det = self._apply_marginal(values, condition, root)
             log_det = log_det + marginal_log_det
@@ -229,7 +261,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         with ``simulated`` = (measurements, the padded signals they measure), also ``forward_kl``:
         ``−log q(x | y)`` of each pair (:mod:`manifold_aps.aps.forward_kl`), not added to ``loss``."""
         z = torch.randn(len(measurement), self.flow.dim, generator=generator, device=measurement.y.device)
-        x, log_det = self.generate(measurement, z, root)
+        x, log_det = self.generate(measurement, z, root, generator)
         fidelity = self.operator.misfit(measurement, x)
         elbo = self.prior.elbo(self.layout.flatten(x), num_times=self.num_times, generator=generator,
                                min_time=self.elbo_min_time)
@@ -254,9 +286,14 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             part = measurement[start:start + chunk]
             root = self.base_root(part)
             condition = self.condition(part, root)
-            values = self.flow.sample(condition, n, generator=generator)
+            if isinstance(root, MixtureRoot):
+                u = torch.randn(n, len(part), self.flow.dim, generator=generator, device=device)
+                values = root.unstandardise(self.flow.push(root.standardise(root.draw(u, generator)), condition))
+            else:
+                values = self.flow.sample(condition, n, generator=generator)
+                values = values if root is None else root.transform(values)
             if root is not None:
-                values = self._apply_marginal(root.transform(values), condition, root, log_det=False)[0]
+                values = self._apply_marginal(values, condition, root, log_det=False)[0]
             draws.append(values.reshape(n, len(part), self.layout.num_vertices, self.layout.num_channels))
         return torch.nn.functional.pad(torch.cat(draws, dim=1), (0, 0, 0, self.layout.padded_vertices - self.layout.num_vertices))
 
@@ -265,9 +302,10 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         base's prior misses, by maximum marginal likelihood (:mod:`manifold_aps.model_error`); on the
         entries the sampler reads as observed (for a blind sampler, those ``y`` reveals), with
         measurement noise ``noise_std`` (model units; default: the operator's σ_y)."""
-        if self.base is None:
-            raise ValueError("model error is estimated under the sampler's Gaussian base; this sampler has none "
-                             "(fit it with gaussian_base=True)")
+        if not isinstance(self.base, LowRankGaussian):
+            raise ValueError("model error is estimated under the sampler's Gaussian base; this sampler has "
+                             f"{'a mixture base' if self.mixture_base else 'none'} (fit it with gaussian_base=True "
+                             "and one base component)")
         y, observed = self.seen(measurement).to("cpu").real_entries(self.layout.num_vertices)
         noise_std = self.noise_std if noise_std is None else noise_std
         return estimate_model_error(self.base, y, observed, noise_std).float()
@@ -383,9 +421,7 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             mask_from_y=self.mask_from_y, elbo_min_time=self.elbo_min_time, model_error=self.model_error,
             marginal=None if self.marginal is None else dict(config=dict(self.marginal.config),
                                                              state=self.marginal.state_dict()),
-            base=None if self.base is None else dict(
-                mean=self.base.mean.clone(), modes=self.base.modes.clone(), spectrum=self.base.spectrum.clone(),  # no views
-                nugget_variance=self.base.nugget_variance, rank=self.base_rank),
+            base=None if self.base is None else _base_record(self.base, self.base_rank),
         )
 
     def save(self, path) -> Path:
@@ -421,15 +457,14 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             operator = mask(layout.num_vertices, layout.padded_vertices, noise_std=payload["noise_std"], **rate)
         weights = payload["weights"]
         stored = payload.get("base")
-        base = None if stored is None else LowRankGaussian(stored["mean"].double(), stored["modes"].double(),
-                                                          stored["spectrum"].double(), stored["nugget_variance"])
+        base = None if stored is None else _base_from_record(stored)
         normalizer = payload.get("normalizer")
         marginal = None
         if payload.get("marginal") is not None:
             marginal = VertexwiseMonotone(**payload["marginal"]["config"])
             marginal.load_state_dict(payload["marginal"]["state"])
         model = cls(flow, prior, operator, weights["fidelity"], weights["prior"], weights["logdet"],
-                    payload["num_times"], base, stored["rank"] if stored else None,
+                    payload["num_times"], base, stored.get("rank") if stored else None,
                     MinMaxNormalizer(**normalizer) if normalizer else None, payload.get("mask_from_y", False), marginal,
                     payload.get("elbo_min_time"), payload.get("model_error", False))
         model.report = dict(payload.get("report", {}))
@@ -450,6 +485,30 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             raise CheckpointError(f"{path} is an incomplete or inconsistent APS model file "
                                   f"({type(error).__name__}: {error})") from None
         return model.to(resolve_device(device))
+
+
+def _gaussian_record(gaussian: LowRankGaussian) -> dict:
+    return dict(mean=gaussian.mean.clone(), modes=gaussian.modes.clone(), spectrum=gaussian.spectrum.clone(),  # no views
+                nugget_variance=gaussian.nugget_variance)
+
+
+def _base_record(base: LowRankGaussian | GaussianMixtureField, rank: int) -> dict:
+    """The base as plain values: a Gaussian's parameters and kept rank, or a mixture's weights and components."""
+    if isinstance(base, GaussianMixtureField):
+        return dict(kind="mixture", weights=base.weights.clone(),
+                    components=[_gaussian_record(component) for component in base.components])
+    return dict(_gaussian_record(base), rank=rank)
+
+
+def _base_from_record(stored: dict) -> LowRankGaussian | GaussianMixtureField:
+    """Inverse of :func:`_base_record` (files without ``kind`` hold a Gaussian)."""
+    def gaussian(record):
+        return LowRankGaussian(record["mean"].double(), record["modes"].double(), record["spectrum"].double(),
+                               record["nugget_variance"])
+
+    if stored.get("kind", "gaussian") == "mixture":
+        return GaussianMixtureField([gaussian(record) for record in stored["components"]], stored["weights"].double())
+    return gaussian(stored)
 
 
 def _check_sampling(n, generator):

@@ -12,10 +12,13 @@ from manifold_aps.aps.config import APSConfig
 from manifold_aps.aps.forward_kl import dequantise
 from manifold_aps.aps.sampler import AmortizedPosteriorSampler
 from manifold_aps.gaussian_posterior import GaussianRoot
+from manifold_aps.mixture_base import MixtureRoot
 from manifold_aps.operators import Measurement
 from manifold_aps.trainer import resolve_device, run_fingerprint, train
 
 __all__ = ["train_aps", "pack", "unpack", "initial_guess"]
+
+MIXTURE_ROOTS_BYTES = 8 * 2**30  # a mixture base's posteriors are solved once for all measurements up to this size
 
 
 def initial_guess(measurement: Measurement, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -76,8 +79,15 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
     device = resolve_device(device)
     model.to(device)
     channels, vertices = model.layout.num_channels, model.layout.num_vertices
+    mixture_roots = None
     if model.base is None:
         data = pack(measurements).float()
+    elif model.mixture_base:  # K roots per measurement: kept when they fit, with each row's index as a last channel
+        data = pack(measurements).float()
+        mixture_roots = _mixture_roots(model, measurements)
+        if mixture_roots is not None:
+            index = torch.arange(len(data), dtype=data.dtype)[:, None, None].expand(-1, data.shape[1], 1)
+            data = torch.cat([data, index], dim=-1)
     else:  # the base of every measurement, once (O(D k²) each), written chunk by chunk into one tensor
         data = None
         for start in range(0, len(measurements), 256):
@@ -88,10 +98,13 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
             data[start:start + len(part)] = packed
     if not (checkpoint is not None and resume and Path(checkpoint).exists()):
         generator = torch.Generator(device=device).manual_seed(config.training.seed)
-        first, first_root = unpack(data[: max(64, config.training.batch_size)].to(device), channels, vertices)
-        if first_root is None:
+        first, first_root = unpack(data[: max(64, config.training.batch_size), :, :channels + 1 if model.mixture_base
+                                        else None].to(device), channels, vertices)
+        if model.mixture_base:
+            first_root = model.base_root(first)
+        if model.base is None:
             example = model.layout.unpad(initial_guess(first, generator)).flatten(1)
-        else:  # with a Gaussian base the flow's outputs are standardised: start it at the identity
+        else:  # with a base the flow's outputs are standardised: start it at the identity
             example = torch.randn(len(first), model.flow.dim, generator=generator, device=device)
         model.flow.initialize(example, model.condition(first, first_root))
     entries = model.flow.dim
@@ -99,7 +112,11 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
     draws = prior_draws.to(device) if forward_weight > 0 else None
 
     def loss_fn(trained, batch, generator):
-        measurement, batch_root = unpack(batch, channels, vertices)
+        if mixture_roots is None:
+            measurement, batch_root = unpack(batch, channels, vertices)
+        else:
+            measurement, _ = unpack(batch[..., :-1], channels)
+            batch_root = mixture_roots.rows(batch[:, 0, -1].long().cpu()).to(device)
         if draws is None:
             return trained(measurement, generator, batch_root)["loss"].mean() / entries
         x = draws[torch.randint(len(draws), (len(batch),), generator=generator, device=device)]
@@ -116,6 +133,16 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
     result.ema.copy_to(model)
     model.eval()
     return result
+
+
+def _mixture_roots(model: AmortizedPosteriorSampler, measurements: Measurement) -> MixtureRoot | None:
+    """Every measurement's mixture-base posterior (float32, solved once), or None when they would
+    take more than ``MIXTURE_ROOTS_BYTES`` (then each batch's are solved at each step)."""
+    per_measurement = model.flow.dim * (2 + sum(2 + component.rank for component in model.base.components))
+    if 4 * per_measurement * len(measurements) > MIXTURE_ROOTS_BYTES:
+        return None
+    return MixtureRoot.cat([model.base_root(measurements[start:start + 256].to("cpu"))
+                            for start in range(0, len(measurements), 256)])
 
 
 def _run_description(config: APSConfig) -> dict:

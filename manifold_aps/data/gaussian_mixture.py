@@ -135,14 +135,31 @@ class GaussianMixtureField:
             raise ValueError(f"y {tuple(y.shape)} and observed {tuple(observed.shape)} must be (D,) or (B, D) "
                              f"with D={self.dim} (vertices × channels)")
         parts = [component.posterior(y, observed, noise_std) for component in self.components]
-        log_evidence = torch.stack([self._log_evidence(component, y, observed, noise_std)
-                                    for component in self.components], dim=1)
-        weights = torch.softmax(torch.log(self.weights) + log_evidence, dim=1)
+        weights = self.posterior_log_weights(y, observed, noise_std).exp()
         means = torch.stack([part.mean for part in parts])  # (K, B, D)
         variances = torch.stack([part.std for part in parts]) ** 2
         mean = torch.einsum("bk,kbd->bd", weights, means)
         variance = torch.einsum("bk,kbd->bd", weights, variances + (means - mean) ** 2)
         return GaussianMixturePosterior(mean, variance.sqrt(), weights, self, y, observed, float(noise_std), unbatched)
+
+    def posterior_log_weights(self, y: torch.Tensor, observed: torch.Tensor, noise_std: float) -> torch.Tensor:
+        """``log r_k`` ``(B, K)`` given ``y`` ``(B, D)`` on the ``observed`` entries (bool ``(B, D)``):
+        ``log w_k`` plus each component's evidence, normalised in log space (module docstring)."""
+        y, observed = _as_tensor(y), _as_tensor(observed, torch.bool)
+        log_evidence = torch.stack([self._log_evidence(component, y, observed, noise_std)
+                                    for component in self.components], dim=1)
+        return torch.log_softmax(torch.log(self.weights) + log_evidence, dim=1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``Σ_k w_k μ_k`` ``(D,)``."""
+        return torch.einsum("k,kd->d", self.weights, torch.stack([component.mean for component in self.components]))
+
+    def pointwise_variance(self) -> torch.Tensor:
+        """Per-entry variance ``Σ_k w_k (Σ_k,dd + (μ_k,d − mean_d)²)`` ``(D,)`` (the law of total variance)."""
+        mean = self.mean
+        return sum(weight * (component.pointwise_variance() + (component.mean - mean) ** 2)
+                   for weight, component in zip(self.weights, self.components))
 
     @staticmethod
     def _log_evidence(component: LowRankGaussian, y: torch.Tensor, observed: torch.Tensor, noise_std: float) -> torch.Tensor:

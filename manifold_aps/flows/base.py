@@ -80,11 +80,17 @@ class ConditionalFlow(torch.nn.Module):
         """``n`` draws for each of the ``B`` conditions, ``(n, B, d)``, in one network evaluation."""
         if n < 1:
             raise ValueError(f"n must be ≥ 1, got {n}")
-        batch = condition.shape[0]
+        z = torch.randn(n, condition.shape[0], self.dim, generator=generator, device=condition.device,
+                        dtype=condition.dtype)
+        return self.push(z, condition)
+
+    def push(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """``x = G(z, c)`` for ``n`` inputs per condition, ``z`` ``(n, B, d)`` → ``(n, B, d)``, each
+        condition prepared once and repeated for its ``n`` inputs."""
+        n, batch = z.shape[:2]
         prepared = self.prepare_condition(condition)  # once per condition, not once per draw
         repeated = prepared.repeat(n, *([1] * (prepared.dim() - 1)))
-        z = torch.randn(n * batch, self.dim, generator=generator, device=condition.device, dtype=condition.dtype)
-        return self._forward_prepared(z, repeated)[0].reshape(n, batch, self.dim)
+        return self._forward_prepared(z.reshape(n * batch, self.dim), repeated)[0].reshape(n, batch, self.dim)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, condition: torch.Tensor):
