@@ -151,7 +151,11 @@ def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=No
     if "harmonic" in names and mesh is not None:
         methods["harmonic"] = harmonic_method(mesh, layout)
     if "aps" in names and aps_model is not None:
-        if aps_model.base is not None and not aps_model.blind:  # the flow at the identity: APS's start
+        if aps_model.mixture_base and not aps_model.blind:  # the flow at the identity: APS's start
+            base = aps_model.base
+            methods["aps_base"] = mixture_method(base, layout, info=dict(components=base.num_components,
+                                                                        rank=base.components[0].rank))
+        elif aps_model.base is not None and not aps_model.blind:
             methods["aps_base"] = gaussian_method(aps_model.base, layout, info=dict(rank=aps_model.base.rank))
         methods.update(aps_n1=aps_method(aps_model, 1), aps_n128=aps_method(aps_model, 128))
         if model_error and aps_model.base is not None:
