@@ -88,9 +88,9 @@ class GaussianRoot:
         in ``O(D r)``: the columns of ``E`` are orthogonal (``E = B U diag(c)`` with ``U`` the
         eigenvectors of ``BᵀB``, as :func:`square_root` and ``posterior_root_every_direction``
         build it), so ``EᵀE`` is diagonal."""
-        E = self.directions
-        column_norms = (E**2).sum(dim=1, keepdim=True)  # ‖E_:r‖², (B, 1, r)
-        return self.scale * (1 + ((E**2) * (2 + column_norms)).sum(-1)).sqrt()
+        squares = self.directions**2
+        column_norms = squares.sum(dim=1)  # ‖E_:r‖², (B, r)
+        return self.scale * (1 + torch.einsum("bdr,br->bd", squares, 2 + column_norms)).sqrt()
 
     def log_det(self) -> torch.Tensor:
         """``log|det ∂x/∂u|`` ``(B,)``."""

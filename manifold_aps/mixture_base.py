@@ -33,11 +33,13 @@ __all__ = ["MixtureRoot", "mixture_posterior_root"]
 @dataclass
 class MixtureRoot:
     """A batch of Gaussian-mixture posteriors: ``log_weights`` ``(B, K)`` (the ``log r_k``), one
-    :class:`~manifold_aps.gaussian_posterior.GaussianRoot` per component in ``roots``, and the
-    mixture's ``mean`` and marginal std ``scale`` ``(B, D)`` (the names APS's condition reads)."""
+    :class:`~manifold_aps.gaussian_posterior.GaussianRoot` per component in ``roots``, their
+    ``log_dets`` ``(B, K)`` (``log|det_k|``, computed once: ``O(D r²)`` each), and the mixture's
+    ``mean`` and marginal std ``scale`` ``(B, D)`` (the names APS's condition reads)."""
 
     log_weights: torch.Tensor
     roots: list[GaussianRoot]
+    log_dets: torch.Tensor
     mean: torch.Tensor
     scale: torch.Tensor
 
@@ -49,21 +51,23 @@ class MixtureRoot:
         """Every tensor moved or cast by ``Tensor.to(*args, **kwargs)``."""
         roots = [GaussianRoot(*(value.to(*args, **kwargs) for value in (root.mean, root.scale, root.directions)))
                  for root in self.roots]
-        return MixtureRoot(self.log_weights.to(*args, **kwargs), roots, self.mean.to(*args, **kwargs),
-                           self.scale.to(*args, **kwargs))
+        return MixtureRoot(self.log_weights.to(*args, **kwargs), roots, self.log_dets.to(*args, **kwargs),
+                           self.mean.to(*args, **kwargs), self.scale.to(*args, **kwargs))
 
     def rows(self, index: torch.Tensor) -> "MixtureRoot":
         """The posteriors of the measurements ``index`` (a batch of indices)."""
         roots = [GaussianRoot(root.mean[index], root.scale[index], root.directions[index]) for root in self.roots]
-        return MixtureRoot(self.log_weights[index], roots, self.mean[index], self.scale[index])
+        return MixtureRoot(self.log_weights[index], roots, self.log_dets[index], self.mean[index], self.scale[index])
 
     @staticmethod
     def cat(parts: list["MixtureRoot"]) -> "MixtureRoot":
         """One batch from consecutive batches ``parts`` of the same mixture."""
         roots = [GaussianRoot(*(torch.cat([getattr(part.roots[k], name) for part in parts]) for name in
                                 ("mean", "scale", "directions"))) for k in range(len(parts[0].roots))]
-        return MixtureRoot(torch.cat([part.log_weights for part in parts]), roots,
-                           torch.cat([part.mean for part in parts]), torch.cat([part.scale for part in parts]))
+        def joined(name):
+            return torch.cat([getattr(part, name) for part in parts])
+
+        return MixtureRoot(joined("log_weights"), roots, joined("log_dets"), joined("mean"), joined("scale"))
 
     def draw(self, u: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draws ``b`` ``(..., B, D)`` from white noise ``u`` of that shape: a component ``k ~ r`` per
@@ -85,7 +89,7 @@ class MixtureRoot:
             E = root.directions
             column_norms = (E**2).sum(dim=1)  # (B, r): the columns of E are orthogonal
             u = white - torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, white) / (1 + column_norms))
-            terms.append(self.log_weights[:, index] - 0.5 * (u**2).sum(-1) - root.log_det())
+            terms.append(self.log_weights[:, index] - 0.5 * (u**2).sum(-1) - self.log_dets[:, index])
         return torch.logsumexp(torch.stack(terms, dim=-1), dim=-1) - 0.5 * dim * math.log(2 * math.pi)
 
     def standardise(self, b: torch.Tensor) -> torch.Tensor:
@@ -110,4 +114,5 @@ def mixture_posterior_root(field: GaussianMixtureField, y: torch.Tensor, observe
     variances = torch.stack([root.marginal_std() for root in roots]) ** 2
     mean = torch.einsum("bk,kbd->bd", weights, means)
     variance = torch.einsum("bk,kbd->bd", weights, variances + (means - mean) ** 2)
-    return MixtureRoot(log_weights, roots, mean, variance.sqrt())
+    log_dets = torch.stack([root.log_det() for root in roots], dim=1)
+    return MixtureRoot(log_weights, roots, log_dets, mean, variance.sqrt())
