@@ -40,7 +40,7 @@ Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema o
 - ``aps_gauss_base`` / ``aps_plain``: :func:`manifold_aps.fit` against the exact prior with and
   without its Gaussian (PPCA posterior) base, RealNVP flow, the ``--scale`` preset with
   ``--iterations`` / ``--batch-size`` / ``--flow-depth`` / ``--hidden`` (and, after the base,
-  ``--marginal-components``' per-entry map) and ``--elbo-min-time``; mean of 128 draws;
+  ``--marginal-components``' per-entry map), ``--elbo-min-time`` and ``--num-times``; mean of 128 draws;
 - ``aps_forward_kl``: as ``aps_gauss_base`` plus the forward-KL term
   (:mod:`manifold_aps.aps.forward_kl`, weight ``--forward-kl-weight``) on ``--forward-kl-draws``
   exact draws of the mixture (seed 3): what the flow reaches with a mass-covering signal;
@@ -175,8 +175,8 @@ def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_dr
 
 def aps_overrides(args) -> dict:
     """The APS settings given on the command line (the rest: the ``--scale`` preset)."""
-    return {name: getattr(args, name) for name in ("flow_depth", "hidden", "marginal_components", "elbo_min_time")
-            if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in ("flow_depth", "hidden", "marginal_components", "elbo_min_time",
+                                                   "num_times") if getattr(args, name) is not None}
 
 
 def extra_table(rows: list[dict]) -> list[str]:
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                         help="K > 0: APS rows with the Gaussian base get the per-entry monotone map (default: none)")
     parser.add_argument("--elbo-min-time", type=float, default=None,
                         help="lower time limit of APS's ELBO (default: the prior's, 1e-3; docs/method.md)")
+    parser.add_argument("--num-times", type=int, default=None,
+                        help="Monte-Carlo (t, e) draws of APS's ELBO per flow sample (default: preset, 1)")
     parser.add_argument("--diffusion-steps", type=int, default=None, help="DPS steps (default 50 / 1000)")
     parser.add_argument("--diffusion-samples", type=int, default=32, help="DPS draws per measurement (≥ 32)")
     parser.add_argument("--step-size", type=float, default=1.0, help="DPS guidance scale")
@@ -268,7 +270,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         if name in names:
             model, train_seconds[name] = train_aps(mesh, train, prior, args, True, log, draws, args.base_components)
             if "mixture_base" not in methods:
-                methods["mixture_base"] = mixture_method(model.base, layout, DRAWS)
+                chosen = dict(components=model.base.num_components, rank=model.base.components[0].rank)
+                methods["mixture_base"] = mixture_method(model.base, layout, DRAWS, info=chosen)
             methods[name] = aps_method(model, DRAWS)
     if "dps" in names:
         methods["dps"] = diffusion_method(sample_dps, prior, args.diffusion_samples, args.diffusion_steps,

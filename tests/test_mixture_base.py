@@ -159,3 +159,20 @@ def test_mixture_base_errors_name_the_problem(mixture):
     with pytest.raises(TypeError, match="GaussianMixtureField"):
         AmortizedPosteriorSampler(model.flow, model.prior, model.operator, base="ppca")
     assert isinstance(model.base_root(measurement), MixtureRoot)
+
+
+def test_benchmark_scores_a_mixture_base_sampler_against_its_own_start(mixture):
+    """``standard_methods``' ``aps_base`` row of a mixture-base sampler is its mixture posterior,
+    which an identity flow reproduces: the same mean up to Monte-Carlo error."""
+    from manifold_aps.benchmark import standard_methods
+
+    model = mixture_model(mixture)
+    methods = standard_methods(("aps",), LAYOUT, aps_model=model)
+    measurement = measurement_of(mixture, count=2, seed=3)
+    operator = model.operator
+    base = methods["aps_base"](measurement, operator, torch.Generator().manual_seed(0))
+    exact = mixture.posterior(*measurement.real_entries(LAYOUT.num_vertices), NOISE)
+    torch.testing.assert_close(base.mean[..., 0], exact.mean.float())
+    assert base.info == dict(components=3, rank=mixture.components[0].rank)
+    ours = methods["aps_n128"](measurement, operator, torch.Generator().manual_seed(0))
+    assert ((ours.mean[..., 0] - exact.mean.float()).abs() / exact.std.float()).max() < 0.5  # 128 draws: s.e. 0.09 std
