@@ -31,6 +31,14 @@ from manifold_aps.operators import BlindVertexMask
 from manifold_aps.tasks import load_task
 
 
+def base_description(model) -> str:
+    """The sampler's base in words: a mixture of PPCA, a Gaussian of some rank, or none."""
+    if model.mixture_base:
+        return (f"mixture base of {model.base.num_components} PPCA Gaussians of rank "
+                f"{model.base.components[0].rank}")
+    return f"Gaussian base of rank {model.base_rank if model.base is not None else 'none'}"
+
+
 def card(task, prior, samplers: dict, scores: dict, args) -> str:
     network = prior.network
     size = sum(p.numel() for p in network.parameters())
@@ -43,7 +51,7 @@ def card(task, prior, samplers: dict, scores: dict, args) -> str:
     for key, model in samplers.items():
         report = model.report
         lines.append(f"- {'blind ' if model.blind else ''}APS: `{model.flow_kind}` flow {json.dumps(model.flow.config)}, "
-                     f"Gaussian base of rank {model.base_rank if model.base is not None else 'none'}, "
+                     f"{base_description(model)}, "
                      + (f"per-entry map with K = {model.marginal.config['components']} terms, "
                         if model.marginal is not None else "") +
                      f"{getattr(args, key + '_seconds') or report.get('train_seconds', float('nan')):.0f} s wall; "

@@ -95,3 +95,17 @@ def test_large_sampler_matrices_are_stored_per_row_in_int8():
     scale = big.abs().amax(dim=1) / 127
     assert ((expanded["big"] - big).abs() <= scale[:, None] / 2 + 1e-6).all() and (expanded["big"][3] == 0).all()
     assert expanded["small"] is stored["small"]
+
+
+def test_a_mixture_base_is_stored_in_float32(trained, tmp_path):
+    from manifold_aps.data import matern_mixture
+
+    field, prior, model = trained
+    mixture = matern_mixture(MESH, means=(0.4, 0.6), length_fractions=(0.5, 0.2), stds=(0.1, 0.1), num_modes=20)
+    with_mixture = aps.AmortizedPosteriorSampler(model.flow, prior, model.operator, base=mixture, marginal=model.marginal)
+    pretrained.export("grf", prior, {"aps": with_mixture}, "# card\n", folder=tmp_path)
+    loaded = pretrained.load_sampler("grf", folder=tmp_path)
+    assert loaded.mixture_base and loaded.base.num_components == 2
+    for ours, theirs in zip(loaded.base.components, mixture.components):
+        assert torch.equal(ours.modes, theirs.modes.float().double()) and ours.modes.dtype == torch.float64
+    torch.testing.assert_close(loaded.base.weights, mixture.weights.float().double())

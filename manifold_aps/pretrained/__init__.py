@@ -138,6 +138,15 @@ def _expand(state: dict) -> dict:
             for key, value in state.items()}
 
 
+def _float32(record):
+    """Every floating tensor in a (nested) dict / list record as float32."""
+    if isinstance(record, dict):
+        return {key: _float32(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [_float32(value) for value in record]
+    return record.float() if isinstance(record, torch.Tensor) and record.is_floating_point() else record
+
+
 def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normalizer: MinMaxNormalizer | None = None,
            folder=FOLDER) -> list[Path]:
     """Write ``prior``, the ``samplers`` (``{"aps": model}`` and/or ``{"blind": model}``) and ``card``.
@@ -157,9 +166,8 @@ def export(task: str, prior: DiffusionPrior, samplers: dict, card: str, normaliz
             raise ValueError(f"the {key!r} sampler was trained against a different prior")
         payload = model.state_payload(include_prior=False)
         payload["flow_state"] = _quantise_rows(payload["flow_state"])
-        if payload.get("base") is not None:  # the Gaussian base in float32 (it is computed in float64 on load)
-            payload["base"] = {key: value.float() if isinstance(value, torch.Tensor) else value
-                               for key, value in payload["base"].items()}
+        if payload.get("base") is not None:  # the base in float32 (it is computed in float64 on load)
+            payload["base"] = _float32(payload["base"])
         written.append(save_checkpoint(files[key], payload, kind="aps_model"))
     files["card"].write_text(card)
     written.append(files["card"])
