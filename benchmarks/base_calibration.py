@@ -30,7 +30,8 @@ from manifold_aps.signals import VertexLayout
 
 
 class ExactLogDensity(torch.nn.Module):
-    """A prior whose ``elbo`` is the field's exact log-density (for the ablation)."""
+    """A prior whose ``elbo`` is the field's exact log-density (for the ablation; a field with
+    ``log_prob`` over ``V`` entries, one channel)."""
 
     def __init__(self, prior, field):
         super().__init__()
@@ -40,7 +41,7 @@ class ExactLogDensity(torch.nn.Module):
         self.inner.freeze()
         return self
 
-    def elbo(self, x, num_times=1, generator=None):
+    def elbo(self, x, num_times=1, generator=None, min_time=None):
         return self.field.log_prob(x[:, : self.layout.num_vertices].double()).float()
 
 

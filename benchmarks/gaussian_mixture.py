@@ -58,8 +58,12 @@ posterior: ``std_ratio`` (median over hidden vertices of the draws' std / the ex
 ``weight_error`` (mean over measurements and components of ``|f_k − r_k|``, with ``r_k`` the exact
 posterior weights and ``f_k`` the average over the draws of ``p(k | x)``, the components'
 likelihoods normalised: for exact draws ``E f_k = r_k``); ``weight_error_mixed`` is the same mean
-over the measurements whose largest ``r_k`` is below 0.9. These are in a second table of the
-markdown file; the JSON also holds every method's ``component_fractions`` ``f`` per measurement.
+over the measurements whose largest ``r_k`` is below 0.9; ``reverse_kl``, for the rows whose
+density is exact (APS, ``mixture_base``), is ``KL(q ‖ p(· | y))`` in nats per measurement, from
+64 fresh draws each (:func:`reverse_kl`): what APS's objective estimates, up to a constant. These
+are in a second table of the markdown file; the JSON also holds every method's
+``component_fractions`` ``f`` per measurement. ``--prior-term exact`` trains the APS rows with the
+mixture's exact log-density in place of the diffusion ELBO (an ablation that isolates the ELBO).
 
 APS samplers are not saved: an APS file stores its prior, and only trained networks and single
 Gaussians can be stored.
@@ -83,7 +87,11 @@ from manifold_aps.zero_shot import sample_dps
 from manifold_aps.benchmark import environment, score, write_results
 from manifold_aps.data.gaussian_mixture import GaussianMixtureField, matern_mixture
 from manifold_aps.gaussian_posterior import optimal_interpolation
+from manifold_aps.aps.forward_kl import log_density
 from manifold_aps.methods import Estimate, aps_method, diffusion_method, mixture_method
+from manifold_aps.mixture_base import mixture_posterior_root
+
+from base_calibration import ExactLogDensity
 
 HIDDEN_FRACTION, NOISE_STD = 0.6, 0.05
 MIXTURE = dict(means=(0.4, 0.6, 0.5), length_fractions=(0.5, 0.5, 0.1), stds=(0.15, 0.15, 0.08), smoothness=1.5,
@@ -93,6 +101,7 @@ SCALES = {"smoke": dict(train_fields=256, n_measurements=4, iterations=100, batc
 VALIDATION_FIELDS = 64
 DATA_SEEDS = {"train": 0, "validation": 1, "test": 2, "prior_draws": 3}
 DRAWS = 128
+KL_DRAWS = 64  # draws per measurement of the reverse-KL estimate
 MIXED = 0.9  # a measurement whose largest exact posterior weight is below this leaves the component in doubt
 
 
@@ -140,6 +149,25 @@ def oi_method(gaussian, layout: aps.VertexLayout, info: dict):
     return method
 
 
+def reverse_kl(sampler, measurement, mixture: GaussianMixtureField, layout, generator: torch.Generator,
+               draws: int = KL_DRAWS) -> float:
+    """``KL(q ‖ p(· | y)) = E_q[log q(x | y) − log p(x | y)]`` in nats, averaged over the
+    measurements, from ``draws`` draws of ``q`` each: ``sampler`` an APS model (its exact density,
+    :func:`~manifold_aps.aps.forward_kl.log_density`) or a fitted mixture (its exact posterior)."""
+    y, observed = measurement.real_entries(layout.num_vertices)
+    if isinstance(sampler, GaussianMixtureField):
+        root = mixture_posterior_root(sampler, y, observed, NOISE_STD)
+        x = root.draw(torch.randn(draws, *y.shape, generator=generator, dtype=torch.float64), generator)
+        log_q = root.log_prob(x)
+    else:
+        with torch.no_grad():
+            padded = sampler.sample_measurement(measurement, draws, generator)
+            log_q = torch.stack([log_density(sampler, measurement, sample) for sample in padded]).double()
+        x = padded[..., : layout.num_vertices, 0].double()
+    log_p = mixture_posterior_root(mixture, y, observed, NOISE_STD).log_prob(x)
+    return float((log_q - log_p).mean())
+
+
 def against_exact(samples: torch.Tensor, exact, mixture: GaussianMixtureField, hidden: torch.Tensor) -> dict:
     """``std_ratio``, ``weight_error`` (all measurements and the mixed ones) and the component
     fractions ``f`` of ``samples`` ``(S, N, V, 1)`` (module docstring)."""
@@ -160,6 +188,8 @@ def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_dr
     started = time.perf_counter()
     forward = {} if prior_draws is None else dict(forward_kl_weight=args.forward_kl_weight, prior_draws=prior_draws)
     overrides = aps_overrides(args)
+    if args.prior_term == "exact":  # the ablation: the mixture's exact log-density in place of the ELBO
+        prior = ExactLogDensity(prior, args.mixture)
     if not gaussian_base:  # the per-entry map follows the base
         overrides.pop("marginal_components", None)
     model = aps.fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, scale=args.scale,
@@ -181,8 +211,9 @@ def aps_overrides(args) -> dict:
 
 def extra_table(rows: list[dict]) -> list[str]:
     """Markdown rows of the columns that only this benchmark has."""
-    columns = ("std_ratio", "weight_error", "weight_error_mixed")
-    lines = ["## test: against the exact posterior", "", "| method | " + " | ".join(columns) + " |", "|---|---|---|---|"]
+    columns = ("std_ratio", "weight_error", "weight_error_mixed", "reverse_kl")
+    lines = ["## test: against the exact posterior", "", "| method | " + " | ".join(columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
     for row in rows:
         cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else "" for c in columns]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
@@ -217,6 +248,9 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                         help="K > 0: APS rows with the Gaussian base get the per-entry monotone map (default: none)")
     parser.add_argument("--elbo-min-time", type=float, default=None,
                         help="lower time limit of APS's ELBO (default: the prior's, 1e-3; docs/method.md)")
+    parser.add_argument("--prior-term", choices=("elbo", "exact"), default="elbo",
+                        help="APS's prior term: the exact prior's diffusion ELBO (default) or, as an ablation, the "
+                             "mixture's exact log-density")
     parser.add_argument("--num-times", type=int, default=None,
                         help="Monte-Carlo (t, e) draws of APS's ELBO per flow sample (default: preset, 1)")
     parser.add_argument("--diffusion-steps", type=int, default=None, help="DPS steps (default 50 / 1000)")
@@ -234,7 +268,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     names = args.methods.split(",")
 
     mesh = MESHES[args.mesh]()
-    mixture = matern_mixture(mesh, **MIXTURE)
+    mixture = args.mixture = matern_mixture(mesh, **MIXTURE)
     layout = aps.VertexLayout(mesh.num_vertices, 1)
     prior = mixture.exact_prior(layout)
     train = draw(mixture, args.train_fields, DATA_SEEDS["train"])
@@ -246,7 +280,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     exact = mixture.posterior(*measurement.real_entries(layout.num_vertices), NOISE_STD)
     log(f"{args.mesh}: {mesh.num_vertices} vertices; exact posterior weights per measurement:\n{exact.weights.numpy().round(3)}")
 
-    methods, train_seconds = {}, {}
+    methods, train_seconds, densities = {}, {}, {}  # densities: the rows whose exact density q(x | y) is known
     if "exact" in names:
         methods["exact"] = exact_method(mixture, layout)
     if "oi" in names:
@@ -259,20 +293,21 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     for name, base in (("aps_gauss_base", True), ("aps_plain", False)):
         if name in names:
             model, train_seconds[name] = train_aps(mesh, train, prior, args, base, log)
-            methods[name] = aps_method(model, DRAWS)
+            methods[name], densities[name] = aps_method(model, DRAWS), model
     exact_draws = None
     if "aps_forward_kl" in names or "aps_mixture_base_forward_kl" in names:
         exact_draws = draw(mixture, args.forward_kl_draws, DATA_SEEDS["prior_draws"])
     if "aps_forward_kl" in names:
         model, train_seconds["aps_forward_kl"] = train_aps(mesh, train, prior, args, True, log, exact_draws)
-        methods["aps_forward_kl"] = aps_method(model, DRAWS)
+        methods["aps_forward_kl"], densities["aps_forward_kl"] = aps_method(model, DRAWS), model
     for name, draws in (("aps_mixture_base", None), ("aps_mixture_base_forward_kl", exact_draws)):
         if name in names:
             model, train_seconds[name] = train_aps(mesh, train, prior, args, True, log, draws, args.base_components)
             if "mixture_base" not in methods:
                 chosen = dict(components=model.base.num_components, rank=model.base.components[0].rank)
                 methods["mixture_base"] = mixture_method(model.base, layout, DRAWS, info=chosen)
-            methods[name] = aps_method(model, DRAWS)
+                densities["mixture_base"] = model.base
+            methods[name], densities[name] = aps_method(model, DRAWS), model
     if "dps" in names:
         methods["dps"] = diffusion_method(sample_dps, prior, args.diffusion_samples, args.diffusion_steps,
                                           step_size=args.step_size)
@@ -284,6 +319,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         seconds = time.perf_counter() - started
         row = dict(method=name, **score(estimate.mean, truth, hidden, samples=estimate.samples),
                    **against_exact(estimate.samples, exact, mixture, hidden),
+                   reverse_kl=(reverse_kl(densities[name], measurement, mixture, layout, generator)
+                               if name in densities else None),
                    seconds_per_measurement=seconds / len(truth), nfe=estimate.nfe, n_measurements=len(truth),
                    **estimate.info)
         rows.append(row)
