@@ -98,10 +98,12 @@ def train_aps(model: AmortizedPosteriorSampler, measurements: Measurement, confi
             data[start:start + len(part)] = packed
     if not (checkpoint is not None and resume and Path(checkpoint).exists()):
         generator = torch.Generator(device=device).manual_seed(config.training.seed)
-        first, first_root = unpack(data[: max(64, config.training.batch_size), :, :channels + 1 if model.mixture_base
-                                        else None].to(device), channels, vertices)
+        head = data[: max(64, config.training.batch_size)].to(device)
         if model.mixture_base:
+            first = unpack(head[..., :channels + 1], channels)[0]
             first_root = model.base_root(first)
+        else:
+            first, first_root = unpack(head, channels, vertices)
         if model.base is None:
             example = model.layout.unpad(initial_guess(first, generator)).flatten(1)
         else:  # with a base the flow's outputs are standardised: start it at the identity
