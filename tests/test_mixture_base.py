@@ -176,3 +176,19 @@ def test_benchmark_scores_a_mixture_base_sampler_against_its_own_start(mixture):
     assert base.info == dict(components=3, rank=mixture.components[0].rank)
     ours = methods["aps_n128"](measurement, operator, torch.Generator().manual_seed(0))
     assert ((ours.mean[..., 0] - exact.mean.float()).abs() / exact.std.float()).max() < 0.5  # 128 draws: s.e. 0.09 std
+
+
+def test_training_without_the_kept_roots_matches_training_with_them(mixture, monkeypatch):
+    """Above ``MIXTURE_ROOTS_BYTES`` each batch's roots are solved at each step: the same training."""
+    from manifold_aps.aps import training
+
+    truth = LAYOUT.pad(mixture.sample(16, torch.Generator().manual_seed(0)).float()[..., None])
+    config = APSConfig.preset("smoke", iterations=2, batch_size=4)
+    states = []
+    for budget in (training.MIXTURE_ROOTS_BYTES, 0):
+        monkeypatch.setattr(training, "MIXTURE_ROOTS_BYTES", budget)
+        model = mixture_model(mixture, marginal=True)
+        train_aps(model, model.operator(truth, torch.Generator().manual_seed(1)), config, progress=False)
+        states.append(model.flow.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, atol=1e-5, rtol=1e-4)
