@@ -188,8 +188,6 @@ def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_dr
     started = time.perf_counter()
     forward = {} if prior_draws is None else dict(forward_kl_weight=args.forward_kl_weight, prior_draws=prior_draws)
     overrides = aps_overrides(args)
-    if args.prior_term == "exact":  # the ablation: the mixture's exact log-density in place of the ELBO
-        prior = ExactLogDensity(prior, args.mixture)
     if not gaussian_base:  # the per-entry map follows the base
         overrides.pop("marginal_components", None)
     model = aps.fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, scale=args.scale,
@@ -268,9 +266,11 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     names = args.methods.split(",")
 
     mesh = MESHES[args.mesh]()
-    mixture = args.mixture = matern_mixture(mesh, **MIXTURE)
+    mixture = matern_mixture(mesh, **MIXTURE)
     layout = aps.VertexLayout(mesh.num_vertices, 1)
     prior = mixture.exact_prior(layout)
+    # APS's prior term; --prior-term exact: the ablation with the mixture's exact log-density in place of the ELBO
+    aps_prior = ExactLogDensity(prior, mixture) if args.prior_term == "exact" else prior
     train = draw(mixture, args.train_fields, DATA_SEEDS["train"])
     validation = draw(mixture, VALIDATION_FIELDS, DATA_SEEDS["validation"])
     truth = draw(mixture, args.n_measurements, DATA_SEEDS["test"])
@@ -292,17 +292,17 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                                                          fit_seconds=time.perf_counter() - started))
     for name, base in (("aps_gauss_base", True), ("aps_plain", False)):
         if name in names:
-            model, train_seconds[name] = train_aps(mesh, train, prior, args, base, log)
+            model, train_seconds[name] = train_aps(mesh, train, aps_prior, args, base, log)
             methods[name], densities[name] = aps_method(model, DRAWS), model
     exact_draws = None
     if "aps_forward_kl" in names or "aps_mixture_base_forward_kl" in names:
         exact_draws = draw(mixture, args.forward_kl_draws, DATA_SEEDS["prior_draws"])
     if "aps_forward_kl" in names:
-        model, train_seconds["aps_forward_kl"] = train_aps(mesh, train, prior, args, True, log, exact_draws)
+        model, train_seconds["aps_forward_kl"] = train_aps(mesh, train, aps_prior, args, True, log, exact_draws)
         methods["aps_forward_kl"], densities["aps_forward_kl"] = aps_method(model, DRAWS), model
     for name, draws in (("aps_mixture_base", None), ("aps_mixture_base_forward_kl", exact_draws)):
         if name in names:
-            model, train_seconds[name] = train_aps(mesh, train, prior, args, True, log, draws, args.base_components)
+            model, train_seconds[name] = train_aps(mesh, train, aps_prior, args, True, log, draws, args.base_components)
             if "mixture_base" not in methods:
                 chosen = dict(components=model.base.num_components, rank=model.base.components[0].rank)
                 methods["mixture_base"] = mixture_method(model.base, layout, DRAWS, info=chosen)

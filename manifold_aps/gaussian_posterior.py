@@ -37,7 +37,8 @@ from manifold_aps.operators import Measurement, RandomVertexMask
 from manifold_aps.signals import VertexLayout
 
 __all__ = ["LowRankGaussian", "GaussianPosterior", "GaussianRoot", "square_root", "fit_ppca", "optimal_interpolation",
-           "fit_optimal_interpolation", "fit_gaussian_base", "candidate_ranks", "posterior_root_every_direction"]
+           "fit_optimal_interpolation", "fit_gaussian_base", "candidate_ranks", "held_out_tenth",
+           "posterior_root_every_direction"]
 
 DEFAULT_RANKS = (4, 8, 16, 32, 64, 128, 256)
 
@@ -73,15 +74,18 @@ class GaussianRoot:
         E = self.directions
         return self.mean + self.scale * (u + torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, u)))
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inverse of :meth:`transform` for ``x`` ``(B, D)``: ``u = (I + E Eᵀ)⁻¹ ((x − mean) / scale)``
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`transform` for ``x`` ``(..., B, D)``: ``u = (I + E Eᵀ)⁻¹ ((x − mean) / scale)``
         with ``(I + E Eᵀ)⁻¹ = I − E diag(1 / (1 + ‖E_:r‖²)) Eᵀ`` (the columns of ``E`` are orthogonal,
-        see :meth:`marginal_std`), and ``log|det ∂u/∂x| = −log_det()``."""
+        see :meth:`marginal_std`)."""
         w = (x - self.mean) / self.scale
         E = self.directions
         column_norms = (E**2).sum(dim=1)  # ‖E_:r‖², (B, r)
-        u = w - torch.einsum("bdr,br->bd", E, torch.einsum("bdr,bd->br", E, w) / (1 + column_norms))
-        return u, -self.log_det()
+        return w - torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, w) / (1 + column_norms))
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`whiten` for ``x`` ``(B, D)`` and ``log|det ∂u/∂x| = −log_det()``."""
+        return self.whiten(x), -self.log_det()
 
     def marginal_std(self) -> torch.Tensor:
         """``√Σ_dd`` ``(B, D)``: ``Σ_dd = scale_d² [(I + E Eᵀ)²]_dd = scale_d² (1 + Σ_r E_dr² (2 + ‖E_:r‖²))``,
@@ -409,12 +413,17 @@ def fit_gaussian_base(signals: torch.Tensor, operator: RandomVertexMask, seed: i
     if len(complete) < 8:
         warnings.warn(f"only {len(complete)} complete signals: no Gaussian base (need ≥ 8)", stacklevel=3)
         return None
+    kept, held, measurement = held_out_tenth(complete, operator, seed)
+    candidates = tuple(r for r in ranks if r < min(len(kept), complete[0].numel())) or (1,)
+    chosen, _ = fit_optimal_interpolation(kept, held, measurement, operator.noise_std, candidates)
+    return fit_ppca(complete.flatten(1), chosen.rank)
+
+
+def held_out_tenth(complete: torch.Tensor, operator: RandomVertexMask, seed: int = 0):
+    """A base's rank-selection split of complete signals ``(N, V, C)``: ``(kept, held, measurement)``
+    with a random tenth (2 to 256 signals) held out and measured by ``operator``."""
     generator = torch.Generator().manual_seed(seed + 7)
     order = torch.randperm(len(complete), generator=generator)
     held = order[: max(2, min(256, len(complete) // 10))]
-    kept = order[len(held):]
     layout = VertexLayout(complete.shape[1], complete.shape[2])
-    measurement = operator(layout.pad(complete[held].float()), generator)
-    candidates = tuple(r for r in ranks if r < min(len(kept), complete[0].numel())) or (1,)
-    chosen, _ = fit_optimal_interpolation(complete[kept], complete[held], measurement, operator.noise_std, candidates)
-    return fit_ppca(complete.flatten(1), chosen.rank)
+    return complete[order[len(held):]], complete[held], operator(layout.pad(complete[held].float()), generator)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from manifold_aps.data.gaussian_mixture import GaussianMixtureField
+from manifold_aps.data.gaussian_mixture import GaussianMixtureField, mixture_moments
 from manifold_aps.gaussian_posterior import GaussianRoot
 
 __all__ = ["MixtureRoot", "mixture_posterior_root"]
@@ -85,10 +85,7 @@ class MixtureRoot:
         dim = b.shape[-1]
         terms = []
         for index, root in enumerate(self.roots):
-            white = (b - root.mean) / root.scale
-            E = root.directions
-            column_norms = (E**2).sum(dim=1)  # (B, r): the columns of E are orthogonal
-            u = white - torch.einsum("bdr,...br->...bd", E, torch.einsum("bdr,...bd->...br", E, white) / (1 + column_norms))
+            u = root.whiten(b)
             terms.append(self.log_weights[:, index] - 0.5 * (u**2).sum(-1) - self.log_dets[:, index])
         return torch.logsumexp(torch.stack(terms, dim=-1), dim=-1) - 0.5 * dim * math.log(2 * math.pi)
 
@@ -109,10 +106,6 @@ def mixture_posterior_root(field: GaussianMixtureField, y: torch.Tensor, observe
     <manifold_aps.gaussian_posterior.LowRankGaussian.posterior_root>`)."""
     log_weights = field.posterior_log_weights(y, observed, noise_std)
     roots = [component.posterior_root(y, observed, noise_std, component.rank) for component in field.components]
-    weights = log_weights.exp()
-    means = torch.stack([root.mean for root in roots])  # (K, B, D)
-    variances = torch.stack([root.marginal_std() for root in roots]) ** 2
-    mean = torch.einsum("bk,kbd->bd", weights, means)
-    variance = torch.einsum("bk,kbd->bd", weights, variances + (means - mean) ** 2)
+    mean, std = mixture_moments(log_weights.exp(), [root.mean for root in roots], [root.marginal_std() for root in roots])
     log_dets = torch.stack([root.log_det() for root in roots], dim=1)
-    return MixtureRoot(log_weights, roots, log_dets, mean, variance.sqrt())
+    return MixtureRoot(log_weights, roots, log_dets, mean, std)

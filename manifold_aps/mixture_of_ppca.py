@@ -31,9 +31,8 @@ import time
 import torch
 
 from manifold_aps.data.gaussian_mixture import GaussianMixtureField
-from manifold_aps.gaussian_posterior import LowRankGaussian
+from manifold_aps.gaussian_posterior import LowRankGaussian, held_out_tenth
 from manifold_aps.operators import Measurement, RandomVertexMask
-from manifold_aps.signals import VertexLayout
 
 __all__ = ["fit_mixture_of_ppca", "select_mixture_of_ppca", "fit_mixture_base"]
 
@@ -163,18 +162,13 @@ def fit_mixture_base(signals: torch.Tensor, operator: RandomVertexMask, componen
     best fills the hidden entries of a held-out tenth measured by ``operator``; refitted on all of
     them (as :func:`~manifold_aps.gaussian_posterior.fit_gaussian_base` does for one Gaussian)."""
     complete = signals[torch.isfinite(signals).flatten(1).all(dim=1)].double()
-    generator = torch.Generator().manual_seed(seed + 7)
-    order = torch.randperm(len(complete), generator=generator)
-    held = order[: max(2, min(256, len(complete) // 10))]
-    kept = order[len(held):]
+    kept, held, measurement = held_out_tenth(complete, operator, seed)
     if len(kept) < 2 * components:
         raise ValueError(f"a mixture base of {components} components needs ≥ {2 * components} complete training "
                          f"signals besides a held-out tenth, got {len(complete)} complete signals")
-    layout = VertexLayout(complete.shape[1], complete.shape[2])
-    measurement = operator(layout.pad(complete[held].float()), generator)
     dim = complete[0].numel()
     candidates = tuple(r for r in ranks if r < min(len(kept) // components, dim - OVERSAMPLING)) or (1,)
-    _, table = select_mixture_of_ppca(complete[kept], complete[held], measurement, operator.noise_std,
+    _, table = select_mixture_of_ppca(kept, held, measurement, operator.noise_std,
                                       components=(components,), ranks=candidates, seed=seed)
     best = min(table, key=lambda row: row["hidden_mse"])
     return fit_mixture_of_ppca(complete, components, best["rank"], seed=seed)

@@ -46,7 +46,7 @@ import torch
 from manifold_aps.data.gaussian_fields import GaussianRandomField
 from manifold_aps.gaussian_posterior import LowRankGaussian
 
-__all__ = ["GaussianMixtureField", "GaussianMixturePosterior", "matern_mixture"]
+__all__ = ["GaussianMixtureField", "GaussianMixturePosterior", "matern_mixture", "mixture_moments"]
 
 
 def _as_tensor(values, dtype=torch.float64) -> torch.Tensor:
@@ -136,11 +136,8 @@ class GaussianMixtureField:
                              f"with D={self.dim} (vertices × channels)")
         parts = [component.posterior(y, observed, noise_std) for component in self.components]
         weights = self.posterior_log_weights(y, observed, noise_std).exp()
-        means = torch.stack([part.mean for part in parts])  # (K, B, D)
-        variances = torch.stack([part.std for part in parts]) ** 2
-        mean = torch.einsum("bk,kbd->bd", weights, means)
-        variance = torch.einsum("bk,kbd->bd", weights, variances + (means - mean) ** 2)
-        return GaussianMixturePosterior(mean, variance.sqrt(), weights, self, y, observed, float(noise_std), unbatched)
+        mean, std = mixture_moments(weights, [part.mean for part in parts], [part.std for part in parts])
+        return GaussianMixturePosterior(mean, std, weights, self, y, observed, float(noise_std), unbatched)
 
     def posterior_log_weights(self, y: torch.Tensor, observed: torch.Tensor, noise_std: float) -> torch.Tensor:
         """``log r_k`` ``(B, K)`` given ``y`` ``(B, D)`` on the ``observed`` entries (bool ``(B, D)``):
@@ -181,6 +178,15 @@ class GaussianMixtureField:
         priors = [exact_gaussian_prior(component, layout, sde) for component in self.components]
         return DiffusionPrior(MixtureNoisePredictor([prior.network for prior in priors], self.weights), layout,
                               priors[0].sde)
+
+
+def mixture_moments(weights: torch.Tensor, means, stds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and per-entry std ``(B, D)`` of ``Σ_k r_k N(m_k, C_k)`` from the weights ``r`` ``(B, K)``
+    and the components' means and marginal stds (``K`` tensors ``(B, D)``): ``mean = Σ_k r_k m_k``,
+    ``var = Σ_k r_k (diag C_k + (m_k − mean)²)`` (the law of total variance)."""
+    means, variances = torch.stack(list(means)), torch.stack(list(stds)) ** 2  # (K, B, D)
+    mean = torch.einsum("bk,kbd->bd", weights, means)
+    return mean, torch.einsum("bk,kbd->bd", weights, variances + (means - mean) ** 2).sqrt()
 
 
 @dataclass
