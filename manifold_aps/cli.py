@@ -135,7 +135,8 @@ def cmd_train_prior(args) -> int:
     else:
         prior = DiffusionPrior(build_network(args.network, layout, mesh=task.mesh, **network_config), layout)
     overrides = {key: value for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size),
-                                               ("learning_rate", args.learning_rate)) if value is not None}
+                                               ("learning_rate", args.learning_rate),
+                                               ("cooldown_iterations", args.cooldown_iterations)) if value is not None}
     config = prior_training_config(args.scale, task.paper_task, device=args.device, seed=args.seed, **overrides)
     output = Path(args.output)
     started = time.perf_counter()
@@ -247,7 +248,9 @@ def cmd_fit(args) -> int:
         mask_rate, noise_std = args.mask_rate, args.noise_std
     prior = load_prior(args.prior) if args.prior else None
     prior_draws = _read_signals(args.prior_draws) if args.prior_draws else None
-    overrides = {key: value for key, value in (("iterations", args.iterations), ("flow_depth", args.flow_depth),
+    overrides = {key: value for key, value in (("iterations", args.iterations),
+                                               ("cooldown_iterations", args.cooldown_iterations),
+                                               ("flow_depth", args.flow_depth),
                                                ("hidden", args.hidden), ("num_times", args.num_times),
                                                ("condition_features", args.condition_features),
                                                ("marginal_components", args.marginal_components),
@@ -351,6 +354,10 @@ def cmd_demo(args) -> int:
     return 0
 
 
+COOLDOWN_HELP = ("the last C iterations decay the learning rate linearly to 1/C of it (default 0: none); an "
+                 "interrupted or finished run resumes with a cool-down added while its steps done keep their rates")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from manifold_aps.scales import SCALES
     from manifold_aps.tasks import TASKS
@@ -374,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimiser steps (default: the scale's preset; --steps is the old name)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", type=float)
+    train.add_argument("--cooldown-iterations", type=int, help=COOLDOWN_HELP)
     train.add_argument("--limit", type=int, help="use at most this many signals per split")
     train.add_argument("--output", required=True, help="prior file to write (a .training.pt checkpoint sits beside it)")
     train.add_argument("--device", default="auto")
@@ -395,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument("--flow", choices=("realnvp", "mesh"), default="realnvp")
     fitting.add_argument("--scale", choices=SCALES, default="cpu")
     fitting.add_argument("--iterations", type=int, help="optimiser steps (default: the scale's preset)")
+    fitting.add_argument("--cooldown-iterations", type=int, help=COOLDOWN_HELP)
     fitting.add_argument("--blind", action="store_true", help="unknown mask: train with rates in 30-60 %%")
     fitting.add_argument("--flow-depth", "--n-steps", dest="flow_depth", type=int, default=None,
                          help="coupling steps of the flow (default: the scale's preset; --n-steps is the old name)")

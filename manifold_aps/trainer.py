@@ -22,7 +22,10 @@ another run — other data, other config, other metadata — stops with a :class
 that names the checkpoint and what differs, so two runs are never mixed; ``resume=False`` starts
 afresh and overwrites that checkpoint instead.
 
-The learning rate is ``lr · min(1, (k + 1) / warmup_iterations)``; the EMA is
+The learning rate of step ``k`` (from 0) is ``lr · min(1, (k + 1) / W) · min(1, (N − k) / C)``: a linear
+warm-up over ``W = warmup_iterations`` steps, constant, then a linear cool-down to ``lr / C`` over the
+last ``C = cooldown_iterations`` of the ``N = iterations`` steps (the warmup-stable-decay schedule;
+``C = 0``: none). The EMA is
 ``θ̄ ← d_k θ̄ + (1 − d_k) θ`` after step ``k``, ``d_k = min(decay, (1 + k)/(10 + k))``. A non-finite loss or gradient norm stops
 training with :class:`FloatingPointError`, leaving the last checkpoint (always a good state) as is.
 
@@ -57,7 +60,9 @@ from manifold_aps.checkpoint import CheckpointError, load_checkpoint, save_check
 __all__ = ["TrainingConfig", "ExponentialMovingAverage", "TrainingResult", "resolve_device", "run_fingerprint", "train"]
 
 # Fields that may change between a run and its resumption without changing the trajectory.
-_RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "progress", "device"}
+_RESUMABLE_CHANGES = ("checkpoint_every", "progress", "device")
+# Fields that may change when the learning rates of the steps already done stay the same.
+_SCHEDULE_FIELDS = ("iterations", "cooldown_iterations")
 # Config fields under their names before the vocabulary was unified (read from older checkpoints).
 _OLD_FIELD_NAMES = {"steps": "iterations", "warmup_steps": "warmup_iterations"}
 
@@ -72,6 +77,9 @@ class TrainingConfig:
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW decoupled weight decay.
         warmup_iterations: linear LR warm-up length in iterations (0: none).
+        cooldown_iterations: the last ``C`` iterations decay the LR linearly to ``lr / C`` (0: none);
+            a run resumes with a new ``iterations`` or ``cooldown_iterations`` as long as the steps
+            it has done keep their learning rates (e.g. a constant-LR run continued with a cool-down).
         grad_clip: max global gradient norm (None: no clipping).
         ema_decay: EMA decay per step (0: EMA equals the weights).
         checkpoint_every: iterations between checkpoints (the last step is always saved).
@@ -85,6 +93,7 @@ class TrainingConfig:
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
     warmup_iterations: int = 0
+    cooldown_iterations: int = 0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
@@ -93,8 +102,10 @@ class TrainingConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.iterations < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup_iterations < 0:
-            raise ValueError(f"need iterations ≥ 0, batch_size ≥ 1, checkpoint_every ≥ 1, warmup_iterations ≥ 0: {self}")
+        if (self.iterations < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.warmup_iterations < 0
+                or self.cooldown_iterations < 0):
+            raise ValueError(f"need iterations ≥ 0, batch_size ≥ 1, checkpoint_every ≥ 1, warmup_iterations ≥ 0, "
+                             f"cooldown_iterations ≥ 0: {self}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
         if not (0.0 <= self.ema_decay < 1.0):
@@ -103,9 +114,13 @@ class TrainingConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 
     def learning_rate_at(self, step: int) -> float:
-        if self.warmup_iterations == 0:
-            return self.learning_rate
-        return self.learning_rate * min(1.0, (step + 1) / self.warmup_iterations)
+        """The learning rate of step ``step`` (from 0): warm-up, constant, cool-down (module docstring)."""
+        rate = self.learning_rate
+        if self.warmup_iterations:
+            rate *= min(1.0, (step + 1) / self.warmup_iterations)
+        if self.cooldown_iterations:
+            rate *= min(1.0, (self.iterations - step) / self.cooldown_iterations)
+        return rate
 
 
 class ExponentialMovingAverage:
@@ -335,12 +350,23 @@ def _check_same_run(state: dict, config: TrainingConfig, fingerprint: dict, path
                               f"manifold_aps), so it may belong to another run; {fresh}")
     current = dataclasses.asdict(config)
     stored_config = {_OLD_FIELD_NAMES.get(key, key): value for key, value in state.get("config", {}).items()}
-    changed = sorted(key for key in current if key not in _RESUMABLE_CHANGES and stored_config.get(key) != current[key])
+    stored_config.setdefault("cooldown_iterations", 0)  # written before the cool-down existed
+    changed = sorted(key for key in current if key not in _RESUMABLE_CHANGES + _SCHEDULE_FIELDS
+                     and stored_config.get(key) != current[key])
     differences = [f"the training data (sha256 {str(stored.get('data'))[:12]}… there, {str(fingerprint['data'])[:12]}… now)"
                    ] if stored.get("data") != fingerprint["data"] else []
     if changed:
         differences.append("the config (" + ", ".join(f"{key}: {stored_config.get(key)!r} there, {current[key]!r} now"
                                                       for key in changed) + ")")
+    else:
+        done = int(state.get("step", 0))
+        before = dataclasses.replace(config, **{key: stored_config[key] for key in _SCHEDULE_FIELDS if key in stored_config})
+        moved = [step for step in range(done) if before.learning_rate_at(step) != config.learning_rate_at(step)]
+        if moved:
+            differences.append(f"the learning rate of step {moved[0]} of the {done} done ({before.learning_rate_at(moved[0]):.3g} "
+                               f"there, {config.learning_rate_at(moved[0]):.3g} now: iterations / cooldown_iterations "
+                               f"{before.iterations} / {before.cooldown_iterations} there, {config.iterations} / "
+                               f"{config.cooldown_iterations} now)")
     if stored.get("metadata") != fingerprint["metadata"]:
         differences.append(f"the run metadata ({state.get('metadata')!r:.300})")
     if differences:

@@ -67,6 +67,29 @@ def test_resume_continues_the_same_trajectory(tmp_path):
               checkpoint_path=tmp_path / "run.pt")
 
 
+def test_a_cooldown_decays_the_rate_and_a_run_resumes_with_one_added(tmp_path):
+    cooled = dataclasses.replace(CONFIG, cooldown_iterations=4)
+    rates = [cooled.learning_rate_at(step) for step in range(12)]
+    assert rates == pytest.approx([0.25e-2, 0.5e-2, 0.75e-2] + [1e-2] * 6 + [0.75e-2, 0.5e-2, 0.25e-2])
+    with pytest.raises(ValueError, match="cooldown_iterations ≥ 0"):
+        TrainingConfig(iterations=1, cooldown_iterations=-1)
+
+    data, path = _regression_problem(), tmp_path / "run.pt"
+    straight, constant = _model(), _model()
+    train(straight, _noisy_loss, data, cooled)
+    train(constant, _noisy_loss, data, CONFIG)
+    assert not torch.equal(straight[0].weight, constant[0].weight)
+    train(_model(), _noisy_loss, data, dataclasses.replace(CONFIG, iterations=6), checkpoint_path=path)
+    resumed = _model()  # 6 constant-rate steps, then a run of 12 whose cool-down starts at step 8
+    train(resumed, _noisy_loss, data, cooled, checkpoint_path=path)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    # step 9 of these 12 was done at 0.75 lr: a longer run would have done it at the full rate
+    with pytest.raises(CheckpointError, match=r"learning rate of step 9 of the 12 done \(0.0075 there, 0.01 now"):
+        train(_model(), _noisy_loss, data, dataclasses.replace(cooled, iterations=16), checkpoint_path=path)
+    assert load_checkpoint(path, kind="training")["step"] == 12
+
+
 def test_time_limit_stops_with_a_checkpoint_and_resuming_finishes_the_same_run(tmp_path):
     data = _regression_problem()
     straight = _model()
