@@ -40,7 +40,8 @@ Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema o
 - ``aps_gauss_base`` / ``aps_plain``: :func:`manifold_aps.fit` against the exact prior with and
   without its Gaussian (PPCA posterior) base, RealNVP flow, the ``--scale`` preset with
   ``--iterations`` / ``--batch-size`` / ``--flow-depth`` / ``--hidden`` (and, after the base,
-  ``--marginal-components``' per-entry map), ``--elbo-min-time`` and ``--num-times``; mean of 128 draws;
+  ``--marginal-components``' per-entry map), ``--elbo-min-time``, ``--num-times`` and
+  ``--cooldown-iterations``; mean of 128 draws;
 - ``aps_forward_kl``: as ``aps_gauss_base`` plus the forward-KL term
   (:mod:`manifold_aps.aps.forward_kl`, weight ``--forward-kl-weight``) on ``--forward-kl-draws``
   exact draws of the mixture (seed 3): what the flow reaches with a mass-covering signal;
@@ -204,7 +205,7 @@ def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_dr
 def aps_overrides(args) -> dict:
     """The APS settings given on the command line (the rest: the ``--scale`` preset)."""
     return {name: getattr(args, name) for name in ("flow_depth", "hidden", "marginal_components", "elbo_min_time",
-                                                   "num_times") if getattr(args, name) is not None}
+                                                   "num_times", "cooldown_iterations") if getattr(args, name) is not None}
 
 
 def extra_table(rows: list[dict]) -> list[str]:
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     parser.add_argument("--train-fields", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None, help="APS iterations (default 100 / 400)")
     parser.add_argument("--batch-size", type=int, default=None, help="APS batch size (default 32)")
+    parser.add_argument("--cooldown-iterations", type=int, default=None,
+                        help="APS: the last C iterations decay the learning rate linearly (default: none)")
     parser.add_argument("--base-rank", type=int, default=128, help="largest rank of APS's Gaussian base (and the "
                         "rank of each component of its mixture base)")
     parser.add_argument("--base-components", type=int, default=3,
