@@ -26,9 +26,12 @@ bunny (data mirror, ``MANIFOLD_APS_DATA``) without its two vertices that belong 
 vertices): :class:`~manifold_aps.data.GaussianRandomField` gives those two one shared value with
 std ≈ 3 at these length scales (20× the others), which would swamp every PSNR.
 
-Fields are drawn one at a time with fixed seeds (train 0, validation 1, test 2, prior draws 3): ``--train-fields``
-(256 smoke / 1000 cpu) for APS and the OI fit, 64 validation fields for OI's rank, and
-``--n-measurements`` (4 / 16) test fields, each measured once (seed ``--seed``).
+Fields are drawn one at a time with fixed seeds (train 0, validation 1, test 2, prior draws 3, base
+fields 4): ``--train-fields`` (256 smoke / 1000 cpu) for APS and the OI fit, 64 validation fields for
+OI's rank, and ``--n-measurements`` (4 / 16) test fields, each measured once (seed ``--seed``). With
+``--base-fields N`` the classical fits — OI and APS's Gaussian or mixture base — use ``N`` fields of
+their own instead of the training fields (the flow still trains on measurements of those): how much
+of a gap is the base's estimation error.
 
 Rows (``benchmarks/results/gaussian_mixture_<mesh>_<scale>.{json,md}``, schema of
 :mod:`manifold_aps.benchmark`):
@@ -100,7 +103,7 @@ MIXTURE = dict(means=(0.4, 0.6, 0.5), length_fractions=(0.5, 0.5, 0.1), stds=(0.
 SCALES = {"smoke": dict(train_fields=256, n_measurements=4, iterations=100, batch_size=32, diffusion_steps=50),
           "cpu": dict(train_fields=1000, n_measurements=16, iterations=400, batch_size=32, diffusion_steps=1000)}
 VALIDATION_FIELDS = 64
-DATA_SEEDS = {"train": 0, "validation": 1, "test": 2, "prior_draws": 3}
+DATA_SEEDS = {"train": 0, "validation": 1, "test": 2, "prior_draws": 3, "base": 4}
 DRAWS = 128
 KL_DRAWS = 64  # draws per measurement of the reverse-KL estimate
 MIXED = 0.9  # a measurement whose largest exact posterior weight is below this leaves the component in doubt
@@ -182,10 +185,12 @@ def against_exact(samples: torch.Tensor, exact, mixture: GaussianMixtureField, h
                 component_fractions=fractions.tolist())
 
 
-def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_draws=None, base_components: int = 1):
+def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_draws=None, base_components: int = 1,
+              base_fields=None):
     """APS against the exact prior with ``fit`` (not saved: see the module docstring); with
     ``prior_draws`` (exact draws of the mixture) plus the forward-KL term on them; with
-    ``base_components`` > 1 on a mixture-of-PPCA base."""
+    ``base_components`` > 1 on a mixture-of-PPCA base; the base fitted on ``base_fields`` (default
+    ``train``)."""
     started = time.perf_counter()
     forward = {} if prior_draws is None else dict(forward_kl_weight=args.forward_kl_weight, prior_draws=prior_draws)
     overrides = aps_overrides(args)
@@ -194,7 +199,7 @@ def train_aps(mesh, train, prior, args, gaussian_base: bool, log=print, prior_dr
     model = aps.fit(mesh, train, mask_rate=HIDDEN_FRACTION, noise_std=NOISE_STD, prior=prior, scale=args.scale,
                     gaussian_base=gaussian_base, base_rank=args.base_rank, seed=args.seed, device="cpu", progress=False,
                     iterations=args.iterations, batch_size=args.batch_size, base_components=base_components,
-                    **overrides, **forward)
+                    base_signals=base_fields, **overrides, **forward)
     seconds = time.perf_counter() - started
     base = f"{base_components}-component mixture base" if base_components > 1 else "Gaussian base"
     log(f"trained APS ({base if gaussian_base else 'plain'}, {args.iterations} iterations"
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                         help="results file stem (default gaussian_mixture_<mesh>_<scale>)")
     parser.add_argument("--n-measurements", type=int, default=None)
     parser.add_argument("--train-fields", type=int, default=None)
+    parser.add_argument("--base-fields", type=int, default=None,
+                        help="fit OI and APS's base on this many fields of their own (default: the training fields)")
     parser.add_argument("--iterations", type=int, default=None, help="APS iterations (default 100 / 400)")
     parser.add_argument("--batch-size", type=int, default=None, help="APS batch size (default 32)")
     parser.add_argument("--cooldown-iterations", type=int, default=None,
@@ -277,6 +284,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     train = draw(mixture, args.train_fields, DATA_SEEDS["train"])
     validation = draw(mixture, VALIDATION_FIELDS, DATA_SEEDS["validation"])
     truth = draw(mixture, args.n_measurements, DATA_SEEDS["test"])
+    base_fields = train if args.base_fields is None else draw(mixture, args.base_fields, DATA_SEEDS["base"])
     operator = aps.RandomVertexMask(layout.num_vertices, layout.padded_vertices, HIDDEN_FRACTION, NOISE_STD)
     measurement = operator(layout.pad(truth), generator=torch.Generator().manual_seed(args.seed))
     hidden = ~measurement.observed[:, : layout.num_vertices]
@@ -289,23 +297,25 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     if "oi" in names:
         started = time.perf_counter()
         val_measurement = operator(layout.pad(validation), generator=torch.Generator().manual_seed(args.seed + 1))
-        gaussian, rank_scores = optimal_interpolation(train.flatten(1), val_measurement.real_entries(layout.num_vertices),
+        gaussian, rank_scores = optimal_interpolation(base_fields.flatten(1), val_measurement.real_entries(layout.num_vertices),
                                                       validation.flatten(1), NOISE_STD)
         methods["oi"] = oi_method(gaussian, layout, dict(rank=gaussian.rank, rank_scores=rank_scores,
                                                          fit_seconds=time.perf_counter() - started))
     for name, base in (("aps_gauss_base", True), ("aps_plain", False)):
         if name in names:
-            model, train_seconds[name] = train_aps(mesh, train, aps_prior, args, base, log)
+            model, train_seconds[name] = train_aps(mesh, train, aps_prior, args, base, log, base_fields=base_fields)
             methods[name], densities[name] = aps_method(model, DRAWS), model
     exact_draws = None
     if "aps_forward_kl" in names or "aps_mixture_base_forward_kl" in names:
         exact_draws = draw(mixture, args.forward_kl_draws, DATA_SEEDS["prior_draws"])
     if "aps_forward_kl" in names:
-        model, train_seconds["aps_forward_kl"] = train_aps(mesh, train, aps_prior, args, True, log, exact_draws)
+        model, train_seconds["aps_forward_kl"] = train_aps(mesh, train, aps_prior, args, True, log, exact_draws,
+                                                           base_fields=base_fields)
         methods["aps_forward_kl"], densities["aps_forward_kl"] = aps_method(model, DRAWS), model
     for name, draws in (("aps_mixture_base", None), ("aps_mixture_base_forward_kl", exact_draws)):
         if name in names:
-            model, train_seconds[name] = train_aps(mesh, train, aps_prior, args, True, log, draws, args.base_components)
+            model, train_seconds[name] = train_aps(mesh, train, aps_prior, args, True, log, draws, args.base_components,
+                                                   base_fields)
             if "mixture_base" not in methods:
                 chosen = dict(components=model.base.num_components, rank=model.base.components[0].rank)
                 methods["mixture_base"] = mixture_method(model.base, layout, DRAWS, info=chosen)
@@ -335,7 +345,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
              f"{MIXTURE['means']}, length scales {MIXTURE['length_fractions']} × bbox diagonal, stds {MIXTURE['stds']}, "
              f"ν {MIXTURE['smoothness']}, {MIXTURE['num_modes']} modes, nugget {MIXTURE['nugget']:.0%}; "
              f"{args.train_fields}/{VALIDATION_FIELDS}/{len(truth)} train/validation/test fields (seeds 0/1/2); "
-             f"exact-score diffusion prior")
+             + ("" if args.base_fields is None else f"OI and APS's base fitted on {args.base_fields} other fields (seed 4); ")
+             + "exact-score diffusion prior")
     mixed = int((weights.max(dim=1).values < MIXED).sum())
     results = dict(task=f"gaussian_mixture_{args.mesh}", scale=args.scale, data=label, **environment(),
                    train_seconds=train_seconds, command="python benchmarks/gaussian_mixture.py " + " ".join(argv),
