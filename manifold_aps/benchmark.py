@@ -23,6 +23,7 @@ Every method is called the same way, ``method(measurement, operator, generator)`
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from manifold_aps.gaussian_posterior import fit_optimal_interpolation
+from manifold_aps.gaussian_posterior import DEFAULT_RANKS, fit_optimal_interpolation
 from manifold_aps.methods import aps_method, diffusion_method, gaussian_method, harmonic_method, mixture_method
 from manifold_aps.metrics import MIN_SAMPLES, crps, interval_coverage, mse, psnr, ssim
 from manifold_aps.mixture_of_ppca import select_mixture_of_ppca
@@ -165,13 +166,15 @@ def standard_methods(names, layout, mesh=None, prior=None, aps_model=None, oi=No
     return methods
 
 
-def fit_oi(layout, train_signals: torch.Tensor, validation_signals: torch.Tensor, operator, seed: int):
-    """Optimal interpolation fitted to ``train_signals`` ``(N, V, C)``, its rank chosen on the
-    ``validation_signals`` measured by ``operator`` (seed ``seed``): ``(LowRankGaussian, {rank:
-    score}, fit seconds)``."""
+def fit_oi(layout, train_signals: torch.Tensor, validation_signals: torch.Tensor, operator, seed: int,
+           ranks=DEFAULT_RANKS):
+    """Optimal interpolation fitted to ``train_signals`` ``(N, V, C)``, its rank (one of ``ranks``)
+    chosen on the ``validation_signals`` measured by ``operator`` (seed ``seed``): ``(LowRankGaussian,
+    {rank: score}, fit seconds)``."""
     validation = operator(layout.pad(validation_signals), generator=torch.Generator().manual_seed(seed))
     started = time.perf_counter()
-    gaussian, scores = fit_optimal_interpolation(train_signals, validation_signals, validation, operator.noise_std)
+    gaussian, scores = fit_optimal_interpolation(train_signals, validation_signals, validation, operator.noise_std,
+                                                 ranks)
     return gaussian, scores, time.perf_counter() - started
 
 
@@ -282,6 +285,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model-error", action="store_true",
                         help="also score oi and APS with each measurement's estimated model error "
                              "(rows oi_model_error, aps_n128_model_error)")
+    parser.add_argument("--oi-ranks", type=_integers, default=None,
+                        help="optimal interpolation's rank grid, e.g. 64,128,256,512 (default: 4 … 256)")
+    parser.add_argument("--gmm-components", type=_integers, default=None,
+                        help="the mixture of PPCA's component grid, e.g. 8,16,32 (default: the scale preset)")
+    parser.add_argument("--gmm-ranks", type=_integers, default=None,
+                        help="the mixture of PPCA's rank grid, e.g. 64,128 (default: the scale preset)")
+    parser.add_argument("--gmm-train", type=int, default=None,
+                        help="training signals the mixture of PPCA is fitted on (default: the scale preset)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"))
@@ -349,11 +360,24 @@ def _blind_model(task, args):
     return AmortizedPosteriorSampler.load(path) if args.from_checkpoint and path.exists() else None
 
 
+def _integers(text: str) -> tuple[int, ...]:
+    """``"8,16,32"`` → ``(8, 16, 32)``: a grid of positive integers given on the command line."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,16,32, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def _budget(args) -> dict:
     """The ``benchmark`` preset of ``args.scale`` (:mod:`manifold_aps.scales`), overridden by the
     command line."""
     budget = preset(args.scale, "benchmark")
-    for key in ("n_measurements", "diffusion_steps", "diffusion_samples", "tune_measurements", "tune_samples"):
+    budget["oi_ranks"] = DEFAULT_RANKS
+    for key in ("n_measurements", "diffusion_steps", "diffusion_samples", "tune_measurements", "tune_samples",
+                "oi_ranks", "gmm_components", "gmm_ranks", "gmm_train"):
         if getattr(args, key, None) is not None:
             budget[key] = getattr(args, key)
     return budget
@@ -398,7 +422,7 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
     train = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]
     sections = {}
     blind_model = _blind_model(task, args) if "blind" in names else None
-    oi = (fit_oi(layout, train, task.validation[:64], operator, args.seed + 1)
+    oi = (fit_oi(layout, train, task.validation[:64], operator, args.seed + 1, budget["oi_ranks"])
           if "oi" in names or blind_model is not None else None)
     gmm = (fit_gmm(layout, train[: budget["gmm_train"]], task.validation[:64], operator, args.seed + 1,
                    budget["gmm_components"], budget["gmm_ranks"], log) if "gmm" in names else None)
@@ -437,7 +461,8 @@ def run_benchmark(task, args, argv, grid_shape=None, exact=None, prior=None, mod
         f"budget: {count} test measurements per test set; every zero-shot sampler {steps} steps × {samples} draws per "
         f"measurement (≥ {MIN_SAMPLES} so that coverage/CRPS are scored), its knob tuned on {budget['tune_measurements']} "
         f"validation measurements × {budget['tune_samples']} draws; mixture of PPCA on ≤ {budget['gmm_train']} "
-        f"training signals, K ∈ {list(budget['gmm_components'])}, rank ∈ {list(budget['gmm_ranks'])}")
+        f"training signals, K ∈ {list(budget['gmm_components'])}, rank ∈ {list(budget['gmm_ranks'])}; optimal "
+        f"interpolation on every training signal, rank ∈ {list(budget['oi_ranks'])}")
     rows = {row["method"]: row for row in sections["test"]}
     if "aps_n128" in rows:
         per_sample, break_even, notes = _speed(rows, train_seconds, samples)

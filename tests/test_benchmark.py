@@ -129,3 +129,32 @@ def test_run_benchmark_scores_a_given_prior_file_without_training(tmp_path):
     assert {row["method"] for row in results["rows"]} == {"dps", "oi"}
     assert json.loads((tmp_path / "given.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))
     assert not (tmp_path / "unused").exists()  # nothing was trained
+
+
+def test_the_classical_baselines_grids_come_from_the_command_line(tmp_path):
+    import argparse
+
+    from manifold_aps.benchmark import add_arguments, run_benchmark
+    from manifold_aps.diffusion import save_prior
+    from manifold_aps.signals import MinMaxNormalizer
+    from manifold_aps.tasks import Task
+
+    generator = torch.Generator().manual_seed(0)
+    train, validation, test = (FIELD.sample(n, generator).float()[..., None] for n in (64, 8, 2))
+    task = Task("field", MESH, train, validation, test, OPERATOR, MinMaxNormalizer(0.0, 1.0), "Gaussian field", "era5")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    save_prior(tmp_path / "prior.pt", PRIOR)  # given, so that nothing is trained
+    args = parser.parse_args(["--scale", "smoke", "--prior", str(tmp_path / "prior.pt"), "--methods", "oi,gmm",
+                              "--oi-ranks", "2,3", "--gmm-components", "2,3", "--gmm-ranks", "2", "--gmm-train", "40",
+                              "--results-dir", str(tmp_path), "--n-measurements", "2", "--threads", "1"])
+    results = run_benchmark(task, args, ["benchmark"], log=lambda line: None)
+    rows = {row["method"]: row for row in results["rows"]}
+    assert set(rows["oi"]["rank_scores"]) == {2, 3} and rows["oi"]["rank"] in (2, 3)
+    assert [(row["components"], row["rank"]) for row in rows["gmm"]["sweep"]] == [(2, 2), (3, 2)]
+    assert results["budget"] | {"oi_ranks": [2, 3], "gmm_components": [2, 3], "gmm_ranks": [2], "gmm_train": 40} \
+        == results["budget"]
+    assert "on ≤ 40 training signals, K ∈ [2, 3], rank ∈ [2]; optimal interpolation on every training signal, " \
+           "rank ∈ [2, 3]" in " ".join(results["notes"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--gmm-ranks", "8,x"])
