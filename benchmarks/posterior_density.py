@@ -5,8 +5,8 @@ and marginals (docs/benchmarks.md, "APS with the forward-KL term").
 Every test signal ``x`` is measured once (the task's operator, seed ``--seed``); rows:
 
 - each ``--sampler NAME=PATH`` (an APS file): :func:`manifold_aps.aps.forward_kl.log_density`;
-- ``NAME base``: the same sampler's Gaussian base alone (its flow and map at the identity: the
-  posterior of its rank-r PPCA);
+- ``NAME base``: the same sampler's base alone (its flow and map at the identity: the posterior of
+  its rank-r PPCA, or of its mixture of PPCA for a mixture base);
 - ``optimal interpolation``: the exact Gaussian posterior of a PPCA fitted to the training split,
   its rank chosen on 64 validation measurements (as in the task benchmarks).
 
@@ -36,11 +36,15 @@ from manifold_aps.aps.forward_kl import log_density
 from manifold_aps.benchmark import environment
 from manifold_aps.gaussian_posterior import GaussianRoot, optimal_interpolation
 from manifold_aps.metrics import psnr
+from manifold_aps.mixture_base import MixtureRoot
 from manifold_aps.tasks import load_task
 
 
-def gaussian_log_density(root: GaussianRoot, x: torch.Tensor) -> torch.Tensor:
-    """``log N(x; mean, Σ)`` ``(B,)`` of a :class:`GaussianRoot` at ``x`` ``(B, D)``."""
+def base_log_density(root: GaussianRoot | MixtureRoot, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x | y)`` ``(B,)`` of a base posterior at ``x`` ``(B, D)``: ``log N(x; mean, Σ)`` of a
+    :class:`GaussianRoot`, the mixture's exact density of a :class:`MixtureRoot`."""
+    if isinstance(root, MixtureRoot):
+        return root.log_prob(x.to(root.mean.dtype))
     u, log_det = root.inverse(x)
     return -0.5 * (u**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi) + log_det
 
@@ -59,7 +63,7 @@ def own_draws_and_mean(model, measurement, entries: int, seed: int) -> tuple[flo
     for start in range(0, len(measurement), 64):
         part = measurement[start:start + 64]
         z = torch.randn(len(part), model.flow.dim, generator=generator)
-        _, log_det = model.generate(part, z)
+        _, log_det = model.generate(part, z, generator=generator)
         own.append(-0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi) - log_det)
         means.append(model.sample_measurement(part, 128, generator).mean(0))
     return float((-torch.cat(own).double() / entries).mean()), torch.cat(means)
@@ -115,7 +119,7 @@ def main():
                 roots = [model.base_root(m) for m, _ in chunks]
                 base_mean = torch.cat([root.mean for root in roots]).reshape(real.shape)
                 rows.append(summary(f"{name} base", torch.cat([
-                    gaussian_log_density(root, layout.unpad(x).flatten(1)) for root, (_, x) in zip(roots, chunks)]),
+                    base_log_density(root, layout.unpad(x).flatten(1)) for root, (_, x) in zip(roots, chunks)]),
                     entries) | mean_scores(base_mean, real, observed, entries))
         validation = task.validation[:64]
         gaussian, _ = optimal_interpolation(task.train.flatten(1), task.operator(
@@ -124,7 +128,7 @@ def main():
         y, observed_entries = measurement.real_entries(V)
         root = gaussian.posterior_root(y, observed_entries, task.operator.noise_std, gaussian.rank)
         rows.append(summary(f"optimal interpolation (rank {gaussian.rank})",
-                            gaussian_log_density(root, real.flatten(1).double()), entries)
+                            base_log_density(root, real.flatten(1).double()), entries)
                     | mean_scores(root.mean.reshape(real.shape), real, observed, entries))
     env = environment()
     command = "python benchmarks/posterior_density.py " + " ".join(

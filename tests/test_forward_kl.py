@@ -126,11 +126,17 @@ def test_posterior_density_benchmark_scores_a_gaussian_root_exactly(field):
     y, observed = measurement.real_entries(V)
     root = field.posterior_root(y.double(), observed, NOISE, field.rank)
     x = field.sample(2, torch.Generator().manual_seed(7)).double()
-    ours = benchmark.gaussian_log_density(root, x)
+    ours = benchmark.base_log_density(root, x)
     for i in range(2):
         exact = field.posterior(y[i], observed[i], NOISE, full_covariance=True)
         truth = torch.distributions.MultivariateNormal(exact.mean, exact.covariance).log_prob(x[i])
         torch.testing.assert_close(ours[i], truth, atol=1e-6, rtol=1e-8)
+    # a mixture base's row uses the mixture's density: two copies of the field are the field
+    from manifold_aps.data import GaussianMixtureField
+    from manifold_aps.mixture_base import mixture_posterior_root
+
+    twice = mixture_posterior_root(GaussianMixtureField([field, field], [0.5, 0.5]), y.double(), observed, NOISE)
+    torch.testing.assert_close(benchmark.base_log_density(twice, x), ours, atol=1e-6, rtol=1e-8)
 
     # the posterior-mean scores: the four regions partition the squared error, PSNR per signal
     truth = torch.rand(3, V, 1) * (torch.rand(3, V, 1) > 0.5)
