@@ -13,8 +13,8 @@ from manifold_aps.trainer import TrainingConfig
 
 __all__ = ["APSConfig"]
 
-_TRAINING_NAMES = ("iterations", "batch_size", "learning_rate", "weight_decay", "warmup_iterations", "cooldown_iterations", "grad_clip",
-                   "ema_decay", "checkpoint_every", "seed")
+_TRAINING_NAMES = ("iterations", "batch_size", "learning_rate", "weight_decay", "warmup_iterations",
+                   "cooldown_iterations", "grad_clip", "ema_decay", "checkpoint_every", "seed")
 _OLD_NAMES = {"n_steps": "flow_depth", "lr": "learning_rate", "warmup": "warmup_iterations",
               "warmup_steps": "warmup_iterations"}
 
@@ -26,8 +26,8 @@ class APSConfig:
 
     Build it with :meth:`preset` (the ``aps`` stage of :mod:`manifold_aps.scales`), whose overrides
     are flat names: ``iterations`` (optimiser steps), ``batch_size``, ``learning_rate``,
-    ``warmup_iterations``, ``cooldown_iterations``, ``grad_clip``, ``ema_decay``, ``checkpoint_every``, ``seed``,
-    ``weight_decay`` for the optimisation; ``flow_depth`` (coupling steps), ``hidden``,
+    ``warmup_iterations``, ``cooldown_iterations``, ``grad_clip``, ``ema_decay``, ``checkpoint_every``,
+    ``seed``, ``weight_decay`` for the optimisation; ``flow_depth`` (coupling steps), ``hidden``,
     ``layers``, ``scale_bound``, ``num_times`` for the flow and the objective;
     ``condition_features``: ``m > 0`` reads the condition once through a shared encoder to ``m``
     features that every coupling reads (:mod:`~manifold_aps.flows.encoders`; 0: each coupling
