@@ -360,11 +360,12 @@ def _check_same_run(state: dict, config: TrainingConfig, fingerprint: dict, path
                                                       for key in changed) + ")")
     else:
         done = int(state.get("step", 0))
-        before = dataclasses.replace(config, **{key: stored_config[key] for key in _SCHEDULE_FIELDS if key in stored_config})
-        moved = [step for step in range(done) if before.learning_rate_at(step) != config.learning_rate_at(step)]
-        if moved:
-            differences.append(f"the learning rate of step {moved[0]} of the {done} done ({before.learning_rate_at(moved[0]):.3g} "
-                               f"there, {config.learning_rate_at(moved[0]):.3g} now: iterations / cooldown_iterations "
+        before = dataclasses.replace(config, **{key: stored_config[key] for key in _SCHEDULE_FIELDS})
+        moved = next((step for step in range(done) if before.learning_rate_at(step) != config.learning_rate_at(step)),
+                     None)
+        if moved is not None:
+            differences.append(f"the learning rate of step {moved} of the {done} done ({before.learning_rate_at(moved):.3g} "
+                               f"there, {config.learning_rate_at(moved):.3g} now: iterations / cooldown_iterations "
                                f"{before.iterations} / {before.cooldown_iterations} there, {config.iterations} / "
                                f"{config.cooldown_iterations} now)")
     if stored.get("metadata") != fingerprint["metadata"]:
