@@ -97,10 +97,10 @@ class GaussianRoot:
         return self.scale * (1 + torch.einsum("bdr,br->bd", squares, 2 + column_norms)).sqrt()
 
     def log_det(self) -> torch.Tensor:
-        """``log|det ∂x/∂u|`` ``(B,)``."""
-        E = self.directions
-        gram = torch.eye(E.shape[-1], dtype=E.dtype, device=E.device) + E.transpose(1, 2) @ E
-        return torch.log(self.scale).sum(dim=-1) + 2 * torch.log(torch.diagonal(torch.linalg.cholesky(gram), dim1=1, dim2=2)).sum(-1)
+        """``log|det ∂x/∂u|`` ``(B,)`` ``= Σ log scale + Σ_r log(1 + ‖E_:r‖²)`` (the columns of ``E``
+        are orthogonal, see :meth:`marginal_std`, so ``det(I_r + EᵀE)`` is the product of its diagonal):
+        ``O(D r)`` per row."""
+        return torch.log(self.scale).sum(dim=-1) + torch.log1p((self.directions**2).sum(dim=1)).sum(dim=-1)
 
 
 def square_root(mean: torch.Tensor, factor: torch.Tensor, diagonal: torch.Tensor, rank: int) -> GaussianRoot:
@@ -184,6 +184,27 @@ class LowRankGaussian:
                    + 2 * torch.log(torch.diagonal(cholesky)).sum())
         return -0.5 * (quadratic + log_det + self.dim * math.log(2 * math.pi))
 
+    def log_evidence(self, y, observed, noise_std: float) -> torch.Tensor:
+        """``log N(y_o; μ_o, Σ_oo + σ² I)`` ``(B,)``: the density of each row's ``observed`` entries of
+        ``y`` ``(B, D)`` (conventions of :meth:`posterior`), in blocks, by Woodbury and the matrix
+        determinant lemma with ``v = τ² + σ²``, ``M_o = Φᵀ diag(o) Φ``, ``L Lᵀ = S⁻¹ + M_o / v``,
+        ``r = o ⊙ (y − μ)`` and ``n_o = Σ o``:
+
+            −2 log p = rᵀr / v − ‖L⁻¹ Φᵀ r / v‖² + n_o log(2π v) + Σ log s + 2 Σ log diag L.
+        """
+        y, observed, noise_variance = self._checked(y, observed, noise_std)
+        total = noise_variance + self.nugget_variance
+        values = []
+        for start in range(0, y.shape[0], self.BLOCK):
+            rows, seen = y[start:start + self.BLOCK], observed[start:start + self.BLOCK]
+            mask = seen.to(torch.float64)
+            residual = torch.where(seen, rows - self.mean, torch.zeros_like(rows))
+            observed_gram = (mask[:, :, None] * self.modes).transpose(1, 2) @ self.modes
+            cholesky = torch.linalg.cholesky(torch.diag(1.0 / self.spectrum) + observed_gram / total)
+            half = torch.linalg.solve_triangular(cholesky, (residual @ self.modes / total)[..., None], upper=False)
+            values.append(_log_evidence(residual, mask, half, cholesky, total, self.spectrum))
+        return torch.cat(values)
+
     def posterior(self, y, observed, noise_std: float, full_covariance: bool = False) -> GaussianPosterior:
         """Exact posterior given ``y`` on the ``observed`` entries (see the module docstring).
 
@@ -230,6 +251,17 @@ class LowRankGaussian:
                       for i in starts)]
         return GaussianRoot(*(torch.cat([getattr(r, name) for r in roots]) for name in
                               ("mean", "scale", "directions")))
+
+    def posterior_root_and_evidence(self, y, observed, noise_std: float) -> tuple[GaussianRoot, torch.Tensor]:
+        """:meth:`posterior_root` with every direction kept and :meth:`log_evidence`, from one
+        ``M_o`` and one Cholesky factor per measurement (``τ² > 0`` needed): what a mixture's
+        posterior needs of each component."""
+        y, observed, _ = self._checked(y, observed, noise_std)
+        parts = [_root_and_evidence(self, y[i:i + self.BLOCK], observed[i:i + self.BLOCK], noise_std, self.modes_gram)
+                 for i in range(0, y.shape[0], self.BLOCK)]
+        root = GaussianRoot(*(torch.cat([getattr(part[0], name) for part in parts]) for name in
+                              ("mean", "scale", "directions")))
+        return root, torch.cat([part[1] for part in parts])
 
     @functools.cached_property
     def modes_gram(self) -> torch.Tensor:
@@ -293,6 +325,13 @@ def posterior_root_every_direction(base: LowRankGaussian, y: torch.Tensor, obser
     Inputs are ``(B, D)``; the result is float64 (equal to ``posterior_root`` up to rounding and
     the signs of the columns of ``E``, which ``x = mean + scale ⊙ (u + E Eᵀ u)`` does not see).
     """
+    return _root_and_evidence(base, y, observed, noise_std, modes_gram)[0]
+
+
+def _root_and_evidence(base: LowRankGaussian, y: torch.Tensor, observed: torch.Tensor, noise_std: float,
+                       modes_gram: torch.Tensor | None = None) -> tuple[GaussianRoot, torch.Tensor]:
+    """:func:`posterior_root_every_direction` and :meth:`LowRankGaussian.log_evidence` of the same
+    inputs, which share ``M_o`` and its Cholesky factor."""
     nugget = base.nugget_variance
     if nugget <= 0:
         raise ValueError("posterior_root_every_direction needs a positive nugget_variance")
@@ -313,9 +352,18 @@ def posterior_root_every_direction(base: LowRankGaussian, y: torch.Tensor, obser
     scale = torch.full_like(y, nugget).masked_fill_(observed, nugget * float(noise_std) ** 2 / total).sqrt()
     directions = (weights / scale)[..., None] * (modes @ (inverse.transpose(1, 2) @ vectors * shrink[:, None, :]))
     residual = torch.where(observed, y - base.mean, torch.zeros_like(y))
-    projected = torch.cholesky_solve((residual / total @ modes)[..., None], cholesky)[..., 0]
+    half = torch.linalg.solve_triangular(cholesky, (residual / total @ modes)[..., None], upper=False)
+    projected = torch.linalg.solve_triangular(cholesky.transpose(1, 2), half, upper=True)[..., 0]
     mean = base.mean + mask * residual * (nugget / total) + weights * (projected @ modes.T)
-    return GaussianRoot(mean, scale, directions)
+    return GaussianRoot(mean, scale, directions), _log_evidence(residual, mask, half, cholesky, total, base.spectrum)
+
+
+def _log_evidence(residual, mask, half, cholesky, total: float, spectrum) -> torch.Tensor:
+    """``log N(y_o; μ_o, Σ_oo + σ² I)`` ``(B,)`` from the parts of :meth:`LowRankGaussian.log_evidence`:
+    ``r`` (``residual``), the observed ``mask``, ``half = L⁻¹ Φᵀ r / v`` ``(B, k, 1)``, ``L`` and ``v``."""
+    log_det = (mask.sum(dim=1) * math.log(2 * math.pi * total) + torch.log(spectrum).sum()
+               + 2 * torch.log(torch.diagonal(cholesky, dim1=1, dim2=2)).sum(dim=1))
+    return -0.5 * ((residual**2).sum(dim=1) / total - (half[..., 0] ** 2).sum(dim=1) + log_det)
 
 
 def _as_matrix(signals) -> torch.Tensor:

@@ -102,10 +102,12 @@ def mixture_posterior_root(field: GaussianMixtureField, y: torch.Tensor, observe
                            noise_std: float) -> MixtureRoot:
     """The exact posterior of ``field`` given ``y`` ``(B, D)`` on the ``observed`` entries (bool,
     ``(B, D)``) with noise ``noise_std``, as a float64 :class:`MixtureRoot` (every component's
-    posterior directions kept: :meth:`LowRankGaussian.posterior_root
-    <manifold_aps.gaussian_posterior.LowRankGaussian.posterior_root>`)."""
-    log_weights = field.posterior_log_weights(y, observed, noise_std)
-    roots = [component.posterior_root(y, observed, noise_std, component.rank) for component in field.components]
+    posterior directions kept; roots and weights from one solve per component:
+    :meth:`LowRankGaussian.posterior_root_and_evidence
+    <manifold_aps.gaussian_posterior.LowRankGaussian.posterior_root_and_evidence>`)."""
+    parts = [component.posterior_root_and_evidence(y, observed, noise_std) for component in field.components]
+    roots = [root for root, _ in parts]
+    log_weights = field.posterior_log_weights_from(torch.stack([evidence for _, evidence in parts], dim=1))
     mean, std = mixture_moments(log_weights.exp(), [root.mean for root in roots], [root.marginal_std() for root in roots])
     log_dets = torch.stack([root.log_det() for root in roots], dim=1)
     return MixtureRoot(log_weights, roots, log_dets, mean, std)

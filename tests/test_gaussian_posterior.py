@@ -38,6 +38,35 @@ def test_log_prob_matches_torch_multivariate_normal():
     assert torch.allclose(prior.log_prob(x), reference, atol=1e-9)
 
 
+def test_log_evidence_is_the_observed_entries_marginal_density():
+    prior = _random_prior()
+    generator = torch.Generator().manual_seed(3)
+    observed = torch.rand(20, prior.dim, generator=generator) > 0.5  # more rows than one block of 16
+    observed[0] = False  # nothing observed: the evidence of an empty set is log 1
+    y = prior.sample(20, generator) + 0.1 * torch.randn(20, prior.dim, generator=generator, dtype=torch.float64)
+    evidence = prior.log_evidence(y, observed, noise_std=0.1)
+    assert evidence.shape == (20,) and evidence[0] == pytest.approx(0.0, abs=1e-12)
+    covariance = prior.covariance() + 0.01 * torch.eye(prior.dim, dtype=torch.float64)
+    for row in range(1, 20):
+        seen = observed[row]
+        reference = torch.distributions.MultivariateNormal(prior.mean[seen], covariance[seen][:, seen]).log_prob(y[row, seen])
+        assert evidence[row] == pytest.approx(reference.item(), abs=1e-9)
+
+
+def test_posterior_root_and_evidence_share_one_solve_and_equal_each_alone():
+    prior = _random_prior()
+    generator = torch.Generator().manual_seed(4)
+    observed = torch.rand(20, prior.dim, generator=generator) > 0.5
+    y = prior.sample(20, generator)
+    root, evidence = prior.posterior_root_and_evidence(y, observed, noise_std=0.1)
+    alone = prior.posterior_root(y, observed, 0.1, prior.rank)
+    torch.testing.assert_close(evidence, prior.log_evidence(y, observed, 0.1), rtol=0, atol=1e-10)
+    for name in ("mean", "scale"):
+        torch.testing.assert_close(getattr(root, name), getattr(alone, name), rtol=0, atol=1e-10)
+    torch.testing.assert_close(root.marginal_std(), alone.marginal_std(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(root.log_det(), alone.log_det(), rtol=0, atol=1e-10)
+
+
 def test_ppca_recovers_a_low_rank_covariance():
     truth = _random_prior(dim=30, rank=3, seed=3)
     data = truth.sample(20000, torch.Generator().manual_seed(4))

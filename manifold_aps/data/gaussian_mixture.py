@@ -143,8 +143,13 @@ class GaussianMixtureField:
         """``log r_k`` ``(B, K)`` given ``y`` ``(B, D)`` on the ``observed`` entries (bool ``(B, D)``):
         ``log w_k`` plus each component's evidence, normalised in log space (module docstring)."""
         y, observed = _as_tensor(y), _as_tensor(observed, torch.bool)
-        log_evidence = torch.stack([self._log_evidence(component, y, observed, noise_std)
-                                    for component in self.components], dim=1)
+        return self.posterior_log_weights_from(torch.stack([component.log_evidence(y, observed, noise_std)
+                                                            for component in self.components], dim=1))
+
+    def posterior_log_weights_from(self, log_evidence: torch.Tensor) -> torch.Tensor:
+        """``log r_k = log w_k + log p_k(y_o) − logsumexp_j (…)`` ``(B, K)`` from each component's
+        ``log_evidence`` ``(B, K)`` (:meth:`LowRankGaussian.log_evidence
+        <manifold_aps.gaussian_posterior.LowRankGaussian.log_evidence>`)."""
         return torch.log_softmax(torch.log(self.weights) + log_evidence, dim=1)
 
     @property
@@ -157,16 +162,6 @@ class GaussianMixtureField:
         mean = self.mean
         return sum(weight * (component.pointwise_variance() + (component.mean - mean) ** 2)
                    for weight, component in zip(self.weights, self.components))
-
-    @staticmethod
-    def _log_evidence(component: LowRankGaussian, y: torch.Tensor, observed: torch.Tensor, noise_std: float) -> torch.Tensor:
-        """``log N(y_o; μ_o, Σ_oo + σ² I)`` per row: the observed entries' marginal with nugget ``τ² + σ²``."""
-        values = []
-        for row, mask in zip(y, observed):
-            marginal = LowRankGaussian(component.mean[mask], component.modes[mask], component.spectrum,
-                                       component.nugget_variance + float(noise_std) ** 2)
-            values.append(marginal.log_prob(row[mask][None])[0])
-        return torch.stack(values)
 
     def exact_prior(self, layout, sde=None):
         """A :class:`~manifold_aps.diffusion.DiffusionPrior` whose noise prediction is the exact one of
