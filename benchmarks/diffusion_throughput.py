@@ -10,7 +10,6 @@ quotes a run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -24,7 +23,7 @@ from manifold_aps.diffusion.networks import build_network
 from manifold_aps.diffusion.sde import VPSDE
 from manifold_aps.diffusion.training import denoising_score_matching_loss
 from manifold_aps import bunny
-from manifold_aps.benchmark import environment
+from manifold_aps.benchmark import environment, save_results
 from manifold_aps.mesh import latlon_sphere
 from manifold_aps.signals import VertexLayout
 
@@ -97,8 +96,7 @@ def main():
     if args.output:
         results = dict(command="python " + " ".join(shlex.quote(word) for word in sys.argv), **environment(),
                        setting=header, rows=rows)
-        args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        args.output.with_suffix(".md").write_text("\n".join([
+        save_results(args.output, results, "\n".join([
             "# Training throughput of the noise networks", "", f"- command: `{results['command']}`",
             f"- machine: {results['machine']}; date {results['date']}; commit {results['commit']}",
             f"- {header}; load average before each row in the JSON", "", *lines, ""]))

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import manifold_aps as aps
-from manifold_aps.benchmark import environment
+from manifold_aps.benchmark import environment, save_results
 from manifold_aps.flows import ConditionalMeshFlow, ConditionalRealNVP
 
 MESHES = {  # name: builder (bunny needs $MANIFOLD_APS_DATA)
@@ -172,10 +172,7 @@ def main():
     results = dict(command="python " + " ".join(sys.argv), **environment(), batch=args.batch, steps=args.steps,
                    flows=args.flows.split(","), shapes={name: FLOWS[name][1] for name in args.flows.split(",")},
                    rows=rows)
-    stem = Path(args.output)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+    save_results(args.output, results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -19,17 +19,13 @@ Writes benchmarks/results/mixture_base_cost.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 
 from manifold_aps.aps.training import MIXTURE_ROOTS_BYTES
-from manifold_aps.benchmark import environment
+from manifold_aps.benchmark import environment, median_seconds, save_results
 from manifold_aps.data import GaussianMixtureField
 from manifold_aps.gaussian_posterior import LowRankGaussian
 from manifold_aps.mixture_base import mixture_posterior_root
@@ -43,15 +39,6 @@ def random_mixture(dim: int, components: int, rank: int, generator: torch.Genera
         return LowRankGaussian(torch.rand(dim, generator=generator, dtype=torch.float64), modes, spectrum, 1e-3)
 
     return GaussianMixtureField([component() for _ in range(components)], torch.full((components,), 1.0 / components))
-
-
-def median_seconds(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(dim: int, components: int, rank: int, batch: int, repeats: int, hidden: float) -> dict:
@@ -106,10 +93,7 @@ def main():
             print(rows[-1], flush=True)
     results = dict(command="python " + shlex.join(sys.argv), **environment(), note=args.note, batch=args.batch,
                    repeats=args.repeats, hidden=args.hidden, rows=rows)
-    stem = Path(args.output)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+    save_results(args.output, results, markdown(results))
 
 
 if __name__ == "__main__":

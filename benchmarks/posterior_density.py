@@ -25,15 +25,13 @@ by observed or hidden — the means compared on many more signals than the task 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 import torch
 
 from manifold_aps.aps import AmortizedPosteriorSampler
 from manifold_aps.aps.forward_kl import log_density
-from manifold_aps.benchmark import environment
+from manifold_aps.benchmark import environment, save_results
 from manifold_aps.gaussian_posterior import GaussianRoot, optimal_interpolation
 from manifold_aps.metrics import psnr
 from manifold_aps.mixture_base import MixtureRoot
@@ -136,9 +134,6 @@ def main():
         + [f"--sampler {item}" for item in args.sampler] + [f"--output {args.output}"])
     results = dict(task=args.task, data=task.data_label, command=command, **env, rows=rows,
                    hidden_fraction=task.operator.hidden_fraction, noise_std=task.operator.noise_std)
-    stem = Path(args.output)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# {args.task}: held-out −log q(x | y) per entry", "", f"- data: {task.data_label}",
              f"- {args.measurements} test signals, each measured once ({task.operator.hidden_fraction:.0%} hidden, "
              f"σ_y {task.operator.noise_std}, seed {args.seed}); nats per entry ({entries} entries); lower is better",
@@ -153,7 +148,7 @@ def main():
     lines += [f"| {row['method']} | {row['nll_per_entry']:.3f} | {row['nll_per_entry_median']:.3f} | "
               + " | ".join(format(row[key], ".2f" if key.startswith("psnr") else ".3g") if key in row else ""
                          for key in keys) + " |" for row in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_results(args.output, results, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

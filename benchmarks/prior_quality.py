@@ -195,7 +195,7 @@ def main(argv=None):
              "## x̂₀ MSE / exact-Gaussian x̂₀ MSE (same noise draws)", "",
              "| prior | " + " | ".join(f"t={t:g}" for t in args.times) + " |", "|---" * (len(args.times) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(f"{r:.3f}" for r in row) + " |" for label, row in ratios.items()]
-    lines += ["", f"Gaussian x̂₀ MSE: " + ", ".join(f"{m:.3g}" for m in mse[reference]), "",
+    lines += ["", "Gaussian x̂₀ MSE: " + ", ".join(f"{m:.3g}" for m in mse[reference]), "",
               "## Negative log-likelihood per real entry (nats)", "",
               "The bound's time integral starts at each prior's lowest time ε; a smaller ε bounds the "
               "likelihood of a less smoothed prior, so −ELBOs compare only at equal ε.", "",

@@ -21,16 +21,13 @@ sample") quotes a run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 
 from manifold_aps import pretrained
-from manifold_aps.benchmark import environment
+from manifold_aps.benchmark import environment, median_seconds, save_results
 from manifold_aps.data.bunny_mnist import load_bunny_mnist
 from manifold_aps.diffusion.sampling import time_grid
 from manifold_aps.operators import RandomVertexMask
@@ -38,16 +35,6 @@ from manifold_aps.zero_shot import sample_dps, sample_mmps
 
 DIFFUSION_STEPS = 1000
 SAMPLERS = {"dps": sample_dps, "mmps": sample_mmps}  # default knobs (DPS step size 1, MMPS 3 CG steps)
-
-
-def seconds(function, repeats: int = 1) -> float:
-    """Median wall time of ``repeats`` calls of ``function()``."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
@@ -78,24 +65,24 @@ def main():
     for i in range(len(measurements)):
         m = measurements[i:i + 1]
         with torch.no_grad():
-            rows["aps_n128"].append(seconds(lambda: model.sample_measurement(m, 128, generator), args.repeats))
-            rows["aps_n1"].append(seconds(lambda: model.sample_measurement(m, 1, generator), args.repeats))
-            rows["base_root"].append(seconds(lambda: model.base_root(m), args.repeats))
+            rows["aps_n128"].append(median_seconds(lambda: model.sample_measurement(m, 128, generator), args.repeats))
+            rows["aps_n1"].append(median_seconds(lambda: model.sample_measurement(m, 1, generator), args.repeats))
+            rows["base_root"].append(median_seconds(lambda: model.base_root(m), args.repeats))
             y, observed = m.real_entries(layout.num_vertices)  # one direction fewer: the general solve
-            rows["base_root_library"].append(seconds(
+            rows["base_root_library"].append(median_seconds(
                 lambda: model.base.posterior_root(y, observed, model.noise_std, model.base_rank - 1), args.repeats))
         grid = time_grid(DIFFUSION_STEPS, prior.sde.eps)[: args.timed_steps + 1]
         for name, sampler in SAMPLERS.items():
-            rows[f"{name}_step"].append(seconds(lambda: sampler(prior, m, operator, times=grid, generator=generator))
+            rows[f"{name}_step"].append(median_seconds(lambda: sampler(prior, m, operator, times=grid, generator=generator))
                                         / args.timed_steps)
         print(i, {name: f"{values[-1]:.4g}" for name, values in rows.items()}, flush=True)
     with torch.no_grad():
-        batched_base = seconds(lambda: model.base_root(measurements), args.repeats) / len(measurements)
+        batched_base = median_seconds(lambda: model.base_root(measurements), args.repeats) / len(measurements)
     median = {name: statistics.median(values) for name, values in rows.items()}
     full = {}
     if args.full:
         for name, sampler in SAMPLERS.items():
-            full[name] = seconds(lambda: sampler(prior, measurements[:1], operator, diffusion_steps=DIFFUSION_STEPS,
+            full[name] = median_seconds(lambda: sampler(prior, measurements[:1], operator, diffusion_steps=DIFFUSION_STEPS,
                                                  generator=generator))
             print(f"full {name}: {full[name]:.3g} s", flush=True)
 
@@ -120,10 +107,7 @@ def main():
                           for slow in ("dps", "mmps") for fast in ("aps_n128", "aps_n1")},
         raw=rows,
     )
-    stem = Path(args.output)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+    save_results(args.output, results, markdown(results))
     print(markdown(results))
 
 

@@ -27,6 +27,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from manifold_aps.signals import VertexLayout, latlon_grid
 from manifold_aps.zero_shot import sample_diffpir, sample_dps, sample_mcg, sample_mmps, sample_pigdm
 
 __all__ = ["score", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
-           "blind_sweep", "environment", "write_results"]
+           "blind_sweep", "environment", "write_results", "save_results", "median_seconds"]
 
 def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, grid_shape=None, samples=None) -> dict:
     """Per-method metrics, averaged over measurements. Tensors are unpadded ``(N, V, C)``;
@@ -231,10 +232,6 @@ def _cell(value) -> str:
 def write_results(results: dict, stem) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and a markdown table ``<stem>.md`` (a dot in ``stem``, as in
     ``..._w0.1``, stays part of the name)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = stem.parent / f"{stem.name}.json", stem.parent / f"{stem.name}.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
     columns = ["method", "hidden_fraction", "psnr", "psnr_hidden", "mse", "ssim", "coverage_90", "crps", "model_error_std",
                "seconds_per_measurement", "nfe", "n_measurements", "tuned"]
     lines = [f"# {results['task']} ({results['scale']} scale)", "",
@@ -256,8 +253,28 @@ def write_results(results: dict, stem) -> tuple[Path, Path]:
         lines.append("")
     for note in results.get("notes", []):
         lines.append(f"- {note}")
-    md_path.write_text("\n".join(lines) + "\n")
+    return save_results(stem, results, "\n".join(lines) + "\n")
+
+
+def save_results(stem, results: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``results`` to ``<stem>.json`` and ``markdown`` to ``<stem>.md`` (a dot in ``stem``, as
+    in ``..._w0.1``, stays part of the name)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = stem.parent / f"{stem.name}.json", stem.parent / f"{stem.name}.md"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(markdown)
     return json_path, md_path
+
+
+def median_seconds(function, repeats: int = 1) -> float:
+    """Median wall time of ``repeats`` calls of ``function()``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def add_arguments(parser) -> None:
