@@ -352,8 +352,9 @@ def _root_and_evidence(base: LowRankGaussian, y: torch.Tensor, observed: torch.T
     scale = torch.full_like(y, nugget).masked_fill_(observed, nugget * float(noise_std) ** 2 / total).sqrt()
     directions = (weights / scale)[..., None] * (modes @ (inverse.transpose(1, 2) @ vectors * shrink[:, None, :]))
     residual = torch.where(observed, y - base.mean, torch.zeros_like(y))
-    half = torch.linalg.solve_triangular(cholesky, (residual / total @ modes)[..., None], upper=False)
-    projected = torch.linalg.solve_triangular(cholesky.transpose(1, 2), half, upper=True)[..., 0]
+    projected_residual = (residual / total @ modes)[..., None]
+    projected = torch.cholesky_solve(projected_residual, cholesky)[..., 0]
+    half = torch.linalg.solve_triangular(cholesky, projected_residual, upper=False)
     mean = base.mean + mask * residual * (nugget / total) + weights * (projected @ modes.T)
     return GaussianRoot(mean, scale, directions), _log_evidence(residual, mask, half, cholesky, total, base.spectrum)
 
