@@ -24,19 +24,11 @@ import torch
 
 from manifold_aps import pretrained
 from manifold_aps.aps import AmortizedPosteriorSampler
-from manifold_aps.benchmark import environment
+from manifold_aps.benchmark import base_description, environment
 from manifold_aps.metrics import evaluate_sampler
 from manifold_aps.diffusion import load_prior
 from manifold_aps.operators import BlindVertexMask
 from manifold_aps.tasks import load_task
-
-
-def base_description(model) -> str:
-    """The sampler's base in words: a mixture of PPCA, a Gaussian of some rank, or none."""
-    if model.mixture_base:
-        return (f"mixture base of {model.base.num_components} PPCA Gaussians of rank "
-                f"{model.base.components[0].rank}")
-    return f"Gaussian base of rank {model.base_rank if model.base is not None else 'none'}"
 
 
 def card(task, prior, samplers: dict, scores: dict, args) -> str:

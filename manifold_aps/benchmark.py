@@ -44,7 +44,7 @@ from manifold_aps.signals import VertexLayout, latlon_grid
 from manifold_aps.zero_shot import sample_diffpir, sample_dps, sample_mcg, sample_mmps, sample_pigdm
 
 __all__ = ["score", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
-           "blind_sweep", "environment", "write_results", "save_results", "median_seconds"]
+           "blind_sweep", "environment", "write_results", "save_results", "median_seconds", "base_description"]
 
 def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, grid_shape=None, samples=None) -> dict:
     """Per-method metrics, averaged over measurements. Tensors are unpadded ``(N, V, C)``;
@@ -254,6 +254,14 @@ def write_results(results: dict, stem) -> tuple[Path, Path]:
     for note in results.get("notes", []):
         lines.append(f"- {note}")
     return save_results(stem, results, "\n".join(lines) + "\n")
+
+
+def base_description(model) -> str:
+    """An APS sampler's base in words: a mixture of PPCA, a Gaussian of some rank, or none."""
+    if model.mixture_base:
+        return (f"mixture base of {model.base.num_components} PPCA Gaussians of rank "
+                f"{model.base.components[0].rank}")
+    return f"Gaussian base of rank {model.base_rank if model.base is not None else 'none'}"
 
 
 def save_results(stem, results: dict, markdown: str) -> tuple[Path, Path]:
