@@ -520,15 +520,23 @@ def convert_units(values, source: str | None, target: str | None):
                      f"automatically; convert the data to {target!r} first")
 
 
-def warn_outside_training_range(values, normalizer: MinMaxNormalizer, margin: float = 0.25) -> None:
+NOISE_SIGMAS = 6.0
+"""Measurement noise beyond the training range that :func:`warn_outside_training_range` allows, in σ_y:
+Gaussian noise strays that far from its mean in about 2 of 10⁹ values."""
+
+
+def warn_outside_training_range(values, normalizer: MinMaxNormalizer, margin: float = 0.25,
+                                noise_std: float = 0.0) -> None:
     """Warn when finite ``values`` (in the normaliser's units) reach more than ``margin`` times the
-    training span beyond ``[normalizer.minimum, normalizer.maximum]``: wrong units, or another variable?"""
+    training span plus ``NOISE_SIGMAS · noise_std`` beyond ``[normalizer.minimum, normalizer.maximum]``:
+    wrong units, or another variable? ``noise_std`` is the measurement noise in the same units, which
+    carries measured values past the range that clean signals span."""
     array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     finite = array[np.isfinite(array)]
     if finite.size == 0:
         return
     low, high = float(finite.min()), float(finite.max())
-    slack = margin * normalizer.scale
+    slack = margin * normalizer.scale + NOISE_SIGMAS * noise_std
     if low < normalizer.minimum - slack or high > normalizer.maximum + slack:
         units = f" {normalizer.units}" if normalizer.units else ""
         warnings.warn(f"input values span {low:.4g} … {high:.4g}{units}, far outside the training range "

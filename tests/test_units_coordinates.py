@@ -112,3 +112,30 @@ def test_inputs_far_outside_the_training_range_warn_with_the_range():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_outside_training_range(np.array([190.0, 330.0]), gasp)  # beyond the range, but not far
+
+
+def test_measurement_noise_beyond_the_range_is_not_taken_for_wrong_units():
+    unit = MinMaxNormalizer(0.0, 1.0)
+    noisy = np.array([-0.45, 0.5, 1.45])  # 4.5 σ_y past the range at σ_y = 0.1
+    with pytest.warns(UserWarning, match="far outside the training range"):
+        warn_outside_training_range(noisy, unit)  # clean signals' slack alone: 0.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_outside_training_range(noisy, unit, noise_std=0.1)
+    with pytest.warns(UserWarning, match="far outside the training range"):
+        warn_outside_training_range(np.array([-0.9, 0.5]), unit, noise_std=0.1)  # beyond 0.25 + 6 σ_y
+
+
+def test_a_sampler_allows_for_its_own_measurement_noise():
+    from manifold_aps import pretrained
+
+    sampler = pretrained.load_sampler("bunny_mnist")
+    observed = np.full(sampler.layout.num_vertices, np.nan)
+    observed[:3] = [-0.45, 0.5, 1.45]  # 4.5 σ_y past the training range 0 … 1 at the sampler's σ_y = 0.1
+    assert sampler.noise_std == pytest.approx(0.1) and sampler.normalizer.scale == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler.sample(observed, n=2, generator=torch.Generator().manual_seed(0))
+    observed[0] = -2.0
+    with pytest.warns(UserWarning, match="far outside the training range"):
+        sampler.sample(observed, n=2, generator=torch.Generator().manual_seed(0))

@@ -400,7 +400,8 @@ class AmortizedPosteriorSampler(torch.nn.Module):
         units = getattr(observed, "attrs", {}).get("units")
         if self.normalizer is not None:
             batch = convert_units(batch, units, self.normalizer.units)
-            warn_outside_training_range(self.layout.unpad(batch), self.normalizer)  # padding is not data
+            warn_outside_training_range(self.layout.unpad(batch), self.normalizer,  # padding is not data
+                                        noise_std=self.normalizer.denormalize_std(self.noise_std))
             batch = self.normalizer.normalize(batch)
         return Measurement.from_nan(batch, self.layout.vertex_mask()), form, units
 
