@@ -326,35 +326,42 @@ def add_arguments(parser) -> None:
 def train_or_load(task, args, log=print):
     """The task's prior and APS model: loaded with ``--from-checkpoint``, else trained (and saved).
 
-    ``--prior FILE`` replaces the prior; without ``--from-checkpoint`` nothing is then trained and
-    the model is None (no APS rows).
+    ``--prior FILE`` replaces the prior (the folder then needs no prior file); without
+    ``--from-checkpoint`` nothing is then trained and the model is None (no APS rows).
     """
-    if not getattr(args, "prior", None):
-        return _train_or_load(task, args, log)
     from manifold_aps.diffusion import load_prior
 
-    model = seconds = None
+    if getattr(args, "prior", None):
+        model = _saved_sampler(task, args) if args.from_checkpoint else None
+        return load_prior(args.prior), model, None if model is None else model.report.get("train_seconds")
+    if args.from_checkpoint == "pretrained":
+        model = _saved_sampler(task, args)
+        return model.prior, model, model.report.get("train_seconds")
     if args.from_checkpoint:
-        _, model, seconds = _train_or_load(task, args, log)
-    return load_prior(args.prior), model, seconds
+        model = _saved_sampler(task, args)
+        prior = load_prior(Path(args.from_checkpoint) / f"{task.name}_prior_{args.scale}.pt")
+        return prior, model, model.report.get("train_seconds")
+    return _train(task, args, log)
 
 
-def _train_or_load(task, args, log):
-    from manifold_aps.aps import AmortizedPosteriorSampler, fit
-    from manifold_aps.diffusion import load_prior, prior_training_config, save_prior, train_prior
-    from manifold_aps.diffusion.training import preset_residual_prior
+def _saved_sampler(task, args):
+    """The known-operator APS sampler of ``--from-checkpoint``: the shipped one or ``DIR/<task>_aps_<scale>.pt``."""
+    from manifold_aps.aps import AmortizedPosteriorSampler
 
-    defaults = preset(args.scale, "benchmark")
     if args.from_checkpoint == "pretrained":
         from manifold_aps import pretrained
 
-        model = pretrained.load_sampler(task.name)
-        return model.prior, model, model.report.get("train_seconds")
-    if args.from_checkpoint:
-        folder = Path(args.from_checkpoint)
-        prior = load_prior(folder / f"{task.name}_prior_{args.scale}.pt")
-        model = AmortizedPosteriorSampler.load(folder / f"{task.name}_aps_{args.scale}.pt")
-        return prior, model, model.report.get("train_seconds")
+        return pretrained.load_sampler(task.name)
+    return AmortizedPosteriorSampler.load(Path(args.from_checkpoint) / f"{task.name}_aps_{args.scale}.pt")
+
+
+def _train(task, args, log):
+    """Train the task's prior and APS sampler at ``--scale`` and save them in ``--checkpoint-dir``."""
+    from manifold_aps.aps import fit
+    from manifold_aps.diffusion import prior_training_config, save_prior, train_prior
+    from manifold_aps.diffusion.training import preset_residual_prior
+
+    defaults = preset(args.scale, "benchmark")
     folder = Path(args.checkpoint_dir)
     layout = VertexLayout(task.mesh.num_vertices, task.train.shape[-1], grid=latlon_grid(task.mesh))
     train = task.train if defaults["limit"] is None else task.train[: defaults["limit"]]

@@ -158,3 +158,28 @@ def test_the_classical_baselines_grids_come_from_the_command_line(tmp_path):
            "rank ∈ [2, 3]" in " ".join(results["notes"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--gmm-ranks", "8,x"])
+
+
+def test_a_saved_sampler_is_scored_beside_a_given_prior_without_a_prior_file_in_its_folder(setting, tmp_path):
+    import argparse
+
+    from manifold_aps.benchmark import add_arguments, train_or_load
+    from manifold_aps.diffusion import save_prior
+    from manifold_aps.signals import MinMaxNormalizer
+    from manifold_aps.tasks import Task
+
+    train, test, model, _, _ = setting
+    task = Task("field", MESH, train, train[:8], test, OPERATOR, MinMaxNormalizer(0.0, 1.0), "Gaussian field", "era5")
+    model.save(tmp_path / "field_aps_smoke.pt")  # the folder holds the sampler only
+    save_prior(tmp_path / "given_prior.pt", PRIOR)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    folder = ["--scale", "smoke", "--from-checkpoint", str(tmp_path)]
+    prior, loaded, _ = train_or_load(task, parser.parse_args(folder + ["--prior", str(tmp_path / "given_prior.pt")]))
+    assert loaded.flow_kind == model.flow_kind
+    for ours, theirs in zip(loaded.flow.state_dict().values(), model.flow.state_dict().values()):
+        torch.testing.assert_close(ours, theirs)
+    for ours, theirs in zip(prior.state_dict().values(), PRIOR.state_dict().values()):
+        torch.testing.assert_close(ours, theirs)
+    with pytest.raises(FileNotFoundError, match="field_prior_smoke.pt"):  # without --prior the folder's prior is read
+        train_or_load(task, parser.parse_args(folder))
