@@ -30,6 +30,7 @@ import platform
 import statistics
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ from manifold_aps.scales import SCALES, preset
 from manifold_aps.signals import VertexLayout, latlon_grid
 from manifold_aps.zero_shot import sample_diffpir, sample_dps, sample_mcg, sample_mmps, sample_pigdm
 
-__all__ = ["score", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
+__all__ = ["score", "method_seed", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
            "blind_sweep", "environment", "write_results", "save_results", "median_seconds", "base_description"]
 
 def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, grid_shape=None, samples=None) -> dict:
@@ -64,17 +65,22 @@ def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, gri
     return row
 
 
+def method_seed(seed: int, name: str) -> int:
+    """The seed of method ``name``'s draws in a run seeded by ``seed``: ``seed + crc32(name)``."""
+    return seed + zlib.crc32(name.encode())
+
+
 def run_methods(methods: dict, truth: torch.Tensor, measurement: Measurement, operator, grid_shape=None,
                 seed: int = 0, log=print) -> list[dict]:
     """Score every ``{name: method}`` (:mod:`manifold_aps.methods`) on one set of measurements of the
-    unpadded ``truth`` ``(N, V, C)``, in order, with one shared generator seeded by ``seed``."""
+    unpadded ``truth`` ``(N, V, C)``, in order. Each method draws from its own generator, seeded by
+    ``seed`` and its name (:func:`method_seed`), so its row does not depend on which others ran."""
     count, V, _ = truth.shape
     hidden = ~measurement.observed[:, :V]
-    generator = torch.Generator().manual_seed(seed)
     rows = []
     for name, method in methods.items():
         started = time.perf_counter()
-        estimate = method(measurement, operator, generator)
+        estimate = method(measurement, operator, torch.Generator().manual_seed(method_seed(seed, name)))
         seconds = time.perf_counter() - started
         row = dict(method=name, **score(estimate.mean, truth, hidden, grid_shape, estimate.samples),
                    seconds_per_measurement=seconds / count, nfe=estimate.nfe, n_measurements=count, **estimate.info)

@@ -78,6 +78,20 @@ def test_every_method_is_scored_on_the_same_measurements(setting, tmp_path):
     assert [path.name for path in dotted] == ["toy_w0.1.json", "toy_w0.1.md"]
 
 
+def test_a_methods_row_does_not_depend_on_which_other_methods_ran(setting):
+    _, test, _, _, methods = setting
+    measurement = OPERATOR(LAYOUT.pad(test), generator=torch.Generator().manual_seed(1))
+    subset = {name: methods[name] for name in ("dps", "aps_n128")}
+    alone = run_methods({"aps_n128": methods["aps_n128"]}, test, measurement, OPERATOR, log=lambda line: None)[0]
+    after_dps = run_methods(subset, test, measurement, OPERATOR, log=lambda line: None)[1]
+    assert after_dps["method"] == alone["method"] == "aps_n128"
+    for key in ("psnr", "mse", "coverage_90", "crps"):
+        assert after_dps[key] == alone[key]
+    other_seed = run_methods({"aps_n128": methods["aps_n128"]}, test, measurement, OPERATOR, seed=1,
+                             log=lambda line: None)[0]
+    assert other_seed["mse"] != alone["mse"]  # the seed still reaches the draws
+
+
 def test_blind_sweep_scores_blind_and_known_samplers_at_each_rate(setting):
     train, test, known, oi, _ = setting
     blind = fit(MESH, train[..., 0], noise_std=0.05, prior=PRIOR, scale="smoke", iterations=2, progress=False, blind=True)
