@@ -192,3 +192,23 @@ def test_training_without_the_kept_roots_matches_training_with_them(mixture, mon
         states.append(model.flow.state_dict())
     for name, value in states[0].items():
         torch.testing.assert_close(states[1][name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_a_known_mask_sampler_as_blind_reads_the_mask_off_y_and_draws_the_same(mixture, tmp_path):
+    model = mixture_model(mixture, marginal=True)
+    blind = model.as_blind((0.3, 0.6))
+    assert blind.blind and not model.blind and blind.flow is model.flow and blind.base is model.base
+    assert blind.operator.hidden_range == (0.3, 0.6) and blind.report["as_blind_of"] == model.operator.to_config()
+    measurement = measurement_of(mixture, count=3, seed=5)  # hidden entries 0, visible ones noisy
+    torch.testing.assert_close(blind.sample_measurement(measurement, 4, torch.Generator().manual_seed(0)),
+                               model.sample_measurement(measurement, 4, torch.Generator().manual_seed(0)))
+    # it reads y alone: a wrong mask handed in with y changes nothing
+    wrong = aps.Measurement(measurement.y, torch.ones_like(measurement.observed))
+    torch.testing.assert_close(blind.sample_measurement(wrong, 4, torch.Generator().manual_seed(0)),
+                               model.sample_measurement(measurement, 4, torch.Generator().manual_seed(0)))
+    path = tmp_path / "blind.pt"
+    save_checkpoint(path, blind.state_payload(include_prior=False), kind="aps_model")
+    loaded = AmortizedPosteriorSampler.from_payload(load_checkpoint(path, kind="aps_model"), prior=model.prior)
+    assert loaded.blind and loaded.mask_from_y and loaded.report["as_blind_of"] == model.operator.to_config()
+    with pytest.raises(ValueError, match="blind already"):
+        blind.as_blind()

@@ -410,6 +410,25 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             return values
         return convert_units(self.normalizer.denormalize(values), self.normalizer.units, units)
 
+    def as_blind(self, hidden_range: tuple[float, float] = (0.3, 0.6)) -> "AmortizedPosteriorSampler":
+        """This sampler for measurements whose mask is unknown: the same flow, base and weights (shared,
+        not copied) with a :class:`~manifold_aps.operators.BlindVertexMask` at hidden rates
+        ``hidden_range``, reading the mask off ``y`` (``observed_from_y``). For masks that zero the
+        hidden entries while the visible ones carry noise, that mask is exact with probability 1, so
+        its draws are those of this sampler given the true mask; it was trained at the rates this
+        sampler was (``report["as_blind_of"]`` says so), and ``hidden_range`` is where training the
+        result further (blind) would draw rates from."""
+        if self.blind:
+            raise ValueError("this sampler is blind already")
+        operator = BlindVertexMask(self.layout.num_vertices, self.layout.padded_vertices, tuple(hidden_range),
+                                   self.noise_std)
+        blind = type(self)(self.flow, self.prior, operator, self.weights["fidelity"], self.weights["prior"],
+                           self.weights["logdet"], self.num_times, self.base,
+                           None if self.mixture_base or self.base is None else self.base_rank, self.normalizer,
+                           True, self.marginal, self.elbo_min_time, self.model_error)
+        blind.report = dict(self.report, as_blind_of=self.operator.to_config())
+        return blind
+
     # -- persistence -----------------------------------------------------------------------------
     def state_payload(self, include_prior: bool = True) -> dict:
         """Plain-value description of the model; without ``include_prior`` the prior is left out
