@@ -9,9 +9,9 @@ Each task ``name`` (``"bunny_mnist"``, ``"era5_proxy"``) has, in this folder,
 
 A prior may also ship under its own name, alone or with samplers trained against it
 (``bunny_mnist_guided``: the guided Gaussian-residual Bunny-MNIST prior and known-mask and blind
-APS samplers distilled against it — 8 × 64 RealNVPs with a per-entry map, trained with the
-forward-KL term, the known-mask one on an 8-component mixture base and the blind one on a rank-64
-Gaussian base — the best shipped Bunny-MNIST samplers; ``era5_proxy_guided``: the sphere's
+APS samplers distilled against it — an 8 × 64 RealNVP with a per-entry map on an 8-component
+mixture base, trained with the forward-KL term, and the same sampler reading the mask off ``y``
+(``as_blind``) — the best shipped Bunny-MNIST samplers; ``era5_proxy_guided``: the sphere's
 guided prior and known-operator and blind samplers with a rank-256 Gaussian base — the best shipped
 sphere samplers), loaded with :func:`load_prior` / :func:`load_sampler`;
 :func:`priors` lists every shipped prior.
