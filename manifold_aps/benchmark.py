@@ -44,8 +44,8 @@ from manifold_aps.scales import SCALES, preset
 from manifold_aps.signals import VertexLayout, latlon_grid
 from manifold_aps.zero_shot import sample_diffpir, sample_dps, sample_mcg, sample_mmps, sample_pigdm
 
-__all__ = ["score", "method_seed", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi", "fit_gmm",
-           "blind_sweep", "environment", "write_results", "save_results", "median_seconds", "base_description"]
+__all__ = ["score", "method_seed", "run_methods", "ZERO_SHOT", "knob_values", "tune", "standard_methods", "fit_oi",
+           "fit_gmm", "blind_sweep", "environment", "write_results", "save_results", "median_seconds", "base_description"]
 
 def score(estimate: torch.Tensor, truth: torch.Tensor, hidden: torch.Tensor, grid_shape=None, samples=None) -> dict:
     """Per-method metrics, averaged over measurements. Tensors are unpadded ``(N, V, C)``;
