@@ -337,17 +337,17 @@ def train_or_load(task, args, log=print):
     """
     from manifold_aps.diffusion import load_prior
 
-    if getattr(args, "prior", None):
-        model = _saved_sampler(task, args) if args.from_checkpoint else None
-        return load_prior(args.prior), model, None if model is None else model.report.get("train_seconds")
-    if args.from_checkpoint == "pretrained":
-        model = _saved_sampler(task, args)
-        return model.prior, model, model.report.get("train_seconds")
-    if args.from_checkpoint:
-        model = _saved_sampler(task, args)
+    given = getattr(args, "prior", None)
+    if not (given or args.from_checkpoint):
+        return _train(task, args, log)
+    model = _saved_sampler(task, args) if args.from_checkpoint else None
+    if given:
+        prior = load_prior(given)
+    elif args.from_checkpoint == "pretrained":
+        prior = model.prior
+    else:
         prior = load_prior(Path(args.from_checkpoint) / f"{task.name}_prior_{args.scale}.pt")
-        return prior, model, model.report.get("train_seconds")
-    return _train(task, args, log)
+    return prior, model, None if model is None else model.report.get("train_seconds")
 
 
 def _saved_sampler(task, args):

@@ -422,10 +422,12 @@ class AmortizedPosteriorSampler(torch.nn.Module):
             raise ValueError("this sampler is blind already")
         operator = BlindVertexMask(self.layout.num_vertices, self.layout.padded_vertices, tuple(hidden_range),
                                    self.noise_std)
-        blind = type(self)(self.flow, self.prior, operator, self.weights["fidelity"], self.weights["prior"],
-                           self.weights["logdet"], self.num_times, self.base,
-                           None if self.mixture_base or self.base is None else self.base_rank, self.normalizer,
-                           True, self.marginal, self.elbo_min_time, self.model_error)
+        blind = type(self)(self.flow, self.prior, operator, fidelity_weight=self.weights["fidelity"],
+                           prior_weight=self.weights["prior"], logdet_weight=self.weights["logdet"],
+                           num_times=self.num_times, base=self.base,
+                           base_rank=self.base_rank if isinstance(self.base, LowRankGaussian) else None,
+                           normalizer=self.normalizer, mask_from_y=True, marginal=self.marginal,
+                           elbo_min_time=self.elbo_min_time, model_error=self.model_error)
         blind.report = dict(self.report, as_blind_of=self.operator.to_config())
         return blind
 
